@@ -1,0 +1,247 @@
+// anyloop/core/event_loop.hpp — the EventLoop contract.
+//
+// One abstract class that every backend (libev, libevent, Asio, poll, select,
+// epoll) implements. docs/event-loop.md is the long form; in short:
+//
+//  * I/O watchers are level-triggered; a watcher stopped during dispatch never
+//    fires again, even if its event is already pending in this iteration.
+//  * Timers run on a monotonic clock; now() is cached per iteration; timers due
+//    at the same time fire in start order. anyloop keeps the timers itself in
+//    one heap per loop, so this holds on every backend.
+//  * Signal callbacks run in loop context.
+//  * post() is the only thread-safe entry: functions run on the loop thread,
+//    in FIFO order per posting thread, and a blocked loop wakes up.
+//  * run() returns when stop() is called or nothing that keeps the loop alive
+//    remains; run_once() does one iteration.
+//  * Watchers are RAII and may be destroyed inside their own callbacks.
+//  * An exception thrown by a callback is caught where it was thrown (never
+//    crossing a C library's frames), ends the current iteration's run() and is
+//    rethrown from run() / run_once(); the loop stays usable.
+#pragma once
+
+#include <anyloop/core/clock.hpp>
+#include <anyloop/core/watchers.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+namespace anyloop {
+
+/// An event loop. Everything attached to a loop (watchers, handles, servers)
+/// belongs to the one thread that runs it; post() is the door in from other
+/// threads. Obtain one with make_loop() (anyloop/backends/registry.hpp).
+class EventLoop {
+public:
+    EventLoop(const EventLoop&) = delete;
+    EventLoop& operator=(const EventLoop&) = delete;
+    /// Destroying the loop with watchers still alive is allowed: they are
+    /// stopped and their handles become inert.
+    virtual ~EventLoop();
+
+    /// The backend's name: "libev", "libevent", "asio", "poll", "select", "epoll".
+    [[nodiscard]] virtual std::string_view backend() const noexcept = 0;
+
+    // ---- watchers --------------------------------------------------------
+
+    /// A started watcher on `fd` for `events`.
+    [[nodiscard]] IoWatcher io(int fd, Io events, IoCallback callback);
+    /// A started one-shot timer.
+    [[nodiscard]] TimerWatcher timer(Duration after, TimerCallback callback);
+    /// A started timer: first expiry after `after`, then every `repeat`.
+    [[nodiscard]] TimerWatcher timer(Duration after, Duration repeat, TimerCallback callback);
+    /// A started signal watcher.
+    [[nodiscard]] SignalWatcher signal(int signo, SignalCallback callback);
+
+    // ---- running ---------------------------------------------------------
+
+    /// Runs until stop() or until nothing keeps the loop alive. Rethrows the
+    /// first exception a callback threw (after finishing that iteration).
+    /// Not reentrant: calling run() or run_once() from a callback throws.
+    void run();
+    /// One iteration. With `block`, waits for at least one event when
+    /// something keeps the loop alive; otherwise only collects what is ready.
+    /// Returns whether anything still keeps the loop alive.
+    bool run_once(bool block = true);
+    /// Makes the current run() return after this iteration. Loop thread only;
+    /// from another thread use post([&loop] { loop.stop(); }).
+    void stop() noexcept;
+
+    /// Thread-safe: queues `fn` to run on the loop thread and wakes the loop.
+    void post(std::function<void()> fn);
+
+    // ---- time ------------------------------------------------------------
+
+    /// The time cached at the start of this iteration.
+    [[nodiscard]] TimePoint now() const noexcept { return now_; }
+    /// Refreshes the cached time (after a long callback, say).
+    void update_now() noexcept { now_ = Clock::now(); }
+
+    // ---- keep-alive and introspection ------------------------------------
+
+    /// Loop-level keep-alive counter, like ev_ref / ev_unref.
+    void ref() noexcept;
+    void unref() noexcept;
+    /// Active watchers, counted whether or not they keep the loop alive.
+    [[nodiscard]] std::size_t active_watchers() const noexcept { return active_count_; }
+    /// Whether run() would go on: keep-alive watchers, ref()s or posted work.
+    [[nodiscard]] bool alive() const noexcept;
+
+protected:
+    EventLoop();
+
+    // ---- what a backend implements ---------------------------------------
+
+    /// Allocates the backend's node type (derived from detail::IoNode).
+    virtual detail::IoNode* io_create() = 0;
+    /// Begins watching node->fd for node->events.
+    virtual void io_start(detail::IoNode* node) = 0;
+    /// node->events changed from `old_events` while active.
+    virtual void io_update(detail::IoNode* node, Io old_events) = 0;
+    /// Stops watching; must also drop an event already pending for the node.
+    /// Must not fail if the fd was closed meanwhile.
+    virtual void io_stop(detail::IoNode* node) noexcept = 0;
+    /// Frees an inactive node once no dispatch can reach it.
+    virtual void io_destroy(detail::IoNode* node) noexcept { delete node; }
+
+    /// The first watcher of `signo` on this loop started: install a handler
+    /// that makes the loop call dispatch_signal(signo) in loop context.
+    virtual void signal_install(int signo) = 0;
+    /// The last watcher of `signo` on this loop stopped: restore the old
+    /// disposition.
+    virtual void signal_uninstall(int signo) noexcept = 0;
+
+    /// The earliest timer deadline may have changed (a backend that relies on
+    /// a native timer re-arms it here; poll-style backends read
+    /// next_deadline() before waiting instead).
+    virtual void timers_changed() {}
+    /// Whether anything keeps the loop alive changed (libev mirrors it with
+    /// ev_ref / ev_unref so an adopted loop's ev_run sees the same thing).
+    virtual void alive_changed(bool /*alive*/) {}
+    /// Thread-safe: make a blocked iteration return and run_posted() soon.
+    virtual void wake() noexcept = 0;
+    /// A callback failed: ask the native loop to return soon.
+    virtual void break_iteration() noexcept {}
+    /// One iteration: wait (if `block`) and dispatch everything ready.
+    virtual void iterate(bool block) = 0;
+
+    // ---- what core offers a backend --------------------------------------
+
+    /// Brackets a dispatch: nodes released inside it are freed when the
+    /// outermost scope ends, so pointers held by the backend stay valid.
+    class DispatchScope {
+    public:
+        explicit DispatchScope(EventLoop& loop) noexcept : loop_(loop) { ++loop_.dispatch_depth_; }
+        ~DispatchScope() {
+            if (--loop_.dispatch_depth_ == 0 && loop_.graveyard_ != nullptr) loop_.free_released();
+        }
+        DispatchScope(const DispatchScope&) = delete;
+        DispatchScope& operator=(const DispatchScope&) = delete;
+
+    private:
+        EventLoop& loop_;
+    };
+
+    /// Runs an I/O callback if the node is still active and wants any of
+    /// `revents`. Call inside a DispatchScope.
+    void dispatch_io(detail::IoNode* node, Io revents) noexcept {
+        revents = revents & node->events;
+        if (node->active && revents != Io::none) guarded(node->callback, revents);
+    }
+    /// Runs the callbacks of every active watcher of `signo` on this loop.
+    void dispatch_signal(int signo) noexcept;
+    /// Fires due timers in (deadline, start order). Refreshes now() first.
+    void run_due_timers() noexcept;
+    /// Runs everything post()ed so far.
+    void run_posted() noexcept;
+    /// Earliest timer deadline, or TimePoint::max() when there is none.
+    [[nodiscard]] TimePoint next_deadline() const noexcept {
+        return timer_heap_.empty() ? TimePoint::max() : timer_heap_.front()->deadline;
+    }
+    /// Milliseconds to wait for an iteration (-1 = forever, 0 = poll), for
+    /// backends built on poll-like calls.
+    [[nodiscard]] int wait_timeout_ms(bool block) const noexcept;
+    /// Whether posted work is queued.
+    [[nodiscard]] bool has_posted() const noexcept { return posted_pending_.load(std::memory_order_acquire); }
+    /// Whether a callback has failed and the iteration should end soon.
+    [[nodiscard]] bool failed() const noexcept { return static_cast<bool>(failure_); }
+    /// Stops every watcher; a backend's destructor calls this first, while
+    /// its own state is still intact.
+    void shutdown_watchers() noexcept;
+
+private:
+    friend class IoWatcher;
+    friend class TimerWatcher;
+    friend class SignalWatcher;
+
+    // Runs a node's callback. The callback is moved out for the call, so a
+    // callback that replaces itself (set_callback) or releases its watcher
+    // never destroys the closure that is running; released nodes wait in the
+    // graveyard until the outermost dispatch ends.
+    template <typename Callback, typename... Args>
+    void guarded(Callback& slot, Args... args) noexcept {
+        if (!slot) return;
+        ++dispatch_depth_;
+        Callback running = std::move(slot);
+        try {
+            running(args...);
+        } catch (...) {
+            record_failure(std::current_exception());
+        }
+        if (!slot) slot = std::move(running);
+        if (--dispatch_depth_ == 0 && graveyard_ != nullptr) free_released();
+    }
+    void record_failure(std::exception_ptr error) noexcept;
+    void rethrow_failure();
+
+    void watcher_activated(detail::WatcherNode* node) noexcept;
+    void watcher_deactivated(detail::WatcherNode* node) noexcept;
+    void set_keepalive(detail::WatcherNode* node, bool keepalive) noexcept;
+    void link(detail::WatcherNode* node) noexcept;
+    void release(detail::WatcherNode* node) noexcept;
+    void free_released() noexcept;
+    void free_node(detail::WatcherNode* node) noexcept;
+
+    void start_io(detail::IoNode* node);
+    void stop_io(detail::IoNode* node) noexcept;
+    void update_io(detail::IoNode* node, Io events);
+
+    void start_timer(detail::TimerNode* node, Duration after, Duration repeat);
+    void stop_timer(detail::TimerNode* node) noexcept;
+    void heap_push(detail::TimerNode* node);
+    void heap_erase(detail::TimerNode* node) noexcept;
+    void heap_sift_up(std::size_t index) noexcept;
+    void heap_sift_down(std::size_t index) noexcept;
+
+    void start_signal(detail::SignalNode* node);
+    void stop_signal(detail::SignalNode* node) noexcept;
+    void add_alive(long delta) noexcept;
+
+    TimePoint now_;
+    bool stop_requested_ = false;
+    int running_depth_ = 0;
+    long alive_refs_ = 0;
+    std::size_t active_count_ = 0;
+
+    int dispatch_depth_ = 0;
+    detail::WatcherNode* graveyard_ = nullptr;
+    detail::WatcherNode* live_nodes_ = nullptr;
+
+    std::vector<detail::IoNode*> fd_owner_;
+    std::vector<detail::TimerNode*> timer_heap_;
+    std::uint64_t timer_sequence_ = 0;
+    std::vector<detail::SignalNode*> signal_watchers_;
+
+    std::mutex posted_mutex_;
+    std::vector<std::function<void()>> posted_;
+    std::vector<std::function<void()>> posted_running_;
+    std::atomic<bool> posted_pending_{false};
+
+    std::exception_ptr failure_;
+};
+
+}  // namespace anyloop
