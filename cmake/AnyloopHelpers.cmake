@@ -38,17 +38,28 @@ function(anyloop_gtest)
   anyloop_warnings(${ARG_NAME})
   get_property(backends GLOBAL PROPERTY ANYLOOP_BUILT_BACKENDS)
   set(others "")
+  # gtest_discover_tests (CMake 3.25) flattens list-valued PROPERTIES, so the
+  # two labels are set again by a script that runs once the cases are known.
+  set(labels_script "")
   foreach(backend IN LISTS backends)
     gtest_discover_tests(${ARG_NAME}
       TEST_FILTER "*/${backend}:*_${backend}.*"
       TEST_LIST ${ARG_NAME}_${backend}_tests
       DISCOVERY_TIMEOUT 60 NO_PRETTY_VALUES
-      PROPERTIES LABELS "${backend};${ARG_COMPONENT}" TIMEOUT ${ARG_TIMEOUT})
+      PROPERTIES TIMEOUT ${ARG_TIMEOUT})
     string(APPEND others ":*/${backend}:*_${backend}.*")
   endforeach()
   gtest_discover_tests(${ARG_NAME}
     TEST_FILTER "-${others}"
     TEST_LIST ${ARG_NAME}_common_tests
     DISCOVERY_TIMEOUT 60 NO_PRETTY_VALUES
-    PROPERTIES LABELS "common;${ARG_COMPONENT}" TIMEOUT ${ARG_TIMEOUT})
+    PROPERTIES TIMEOUT ${ARG_TIMEOUT})
+  foreach(label IN LISTS backends ITEMS common)
+    string(APPEND labels_script
+      "foreach(test IN LISTS ${ARG_NAME}_${label}_tests)\n"
+      "  set_tests_properties(\"\${test}\" PROPERTIES LABELS \"${label};${ARG_COMPONENT}\")\n"
+      "endforeach()\n")
+  endforeach()
+  file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/${ARG_NAME}_labels.cmake "${labels_script}")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${CMAKE_CURRENT_BINARY_DIR}/${ARG_NAME}_labels.cmake)
 endfunction()

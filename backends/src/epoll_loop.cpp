@@ -1,0 +1,257 @@
+// The epoll(7) backend: level-triggered, one epoll_wait per iteration into a
+// reusable event array, the whole batch dispatched inside NativeLoop's
+// DispatchScope.
+//
+// A registration carries a token, (generation << 32) | fd, rather than a node
+// pointer. The kernel keys a registration by (fd, open file) and drops it only
+// when the last descriptor of that file is closed: a watched fd that was
+// dup()ed, or inherited by a child, and then closed keeps a registration that
+// EPOLL_CTL_DEL can no longer name. Its events must never be turned into a
+// pointer to a node that has since been freed, so every token is checked
+// against the fd's live watcher, and a token that matches none makes us
+// rebuild the epoll set, the only way to get rid of such a registration.
+#include <anyloop/backends/epoll.hpp>
+
+#include "native_loop.hpp"
+
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace anyloop {
+namespace {
+
+constexpr std::uint64_t wake_token = ~std::uint64_t{0};  // its fd half, 0xffffffff, is no fd
+
+struct EpollNode : detail::IoNode {
+    std::uint32_t registered = 0;  // the mask in the kernel's set; 0: not in the set
+    std::uint32_t generation = 0;  // new for every EPOLL_CTL_ADD, so old tokens never match
+    bool always_ready = false;     // epoll refused the fd (a regular file): report it ready
+};
+
+std::uint32_t epoll_mask(Io events) noexcept {
+    std::uint32_t mask = 0;
+    if (has(events, Io::read)) mask |= EPOLLIN;
+    if (has(events, Io::write)) mask |= EPOLLOUT;
+    return mask;
+}
+
+Io to_io(std::uint32_t revents) noexcept {
+    // Hang-up and error come whatever the interest and wake every watched
+    // direction; dispatch_io masks, the next read() or write() tells which.
+    if (revents & (EPOLLHUP | EPOLLERR)) return Io::read_write;
+    Io io = Io::none;
+    if (revents & (EPOLLIN | EPOLLPRI | EPOLLRDHUP)) io = io | Io::read;  // EOF is read readiness
+    if (revents & EPOLLOUT) io = io | Io::write;
+    return io;
+}
+
+std::uint64_t token_of(const EpollNode* node) noexcept {
+    return (std::uint64_t{node->generation} << 32) | static_cast<std::uint32_t>(node->fd);
+}
+
+// A new epoll set holding the wake-up eventfd; -1 with errno on failure.
+int open_epoll_set(int wake_fd) noexcept {
+    const int epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd < 0) return -1;
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u64 = wake_token;
+    if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, wake_fd, &event) != 0) {
+        const int saved = errno;
+        ::close(epoll_fd);
+        errno = saved;
+        return -1;
+    }
+    return epoll_fd;
+}
+
+class EpollLoop final : public backends::NativeLoop {
+public:
+    EpollLoop() : epoll_fd_(open_epoll_set(wake_fd())), events_(64) {
+        if (epoll_fd_ < 0)
+            throw std::system_error(errno, std::generic_category(), "epoll_create1 for the epoll backend");
+    }
+    ~EpollLoop() override {
+        shutdown_watchers();
+        ::close(epoll_fd_);
+    }
+
+    std::string_view backend() const noexcept override { return "epoll"; }
+
+private:
+    detail::IoNode* io_create() override { return new EpollNode; }
+
+    void io_start(detail::IoNode* node) override {
+        auto* en = static_cast<EpollNode*>(node);
+        const auto fd = static_cast<std::size_t>(node->fd);
+        if (fd >= by_fd_.size()) by_fd_.resize(fd + 64, nullptr);
+        en->registered = 0;
+        en->always_ready = false;
+        set_interest(en, epoll_mask(node->events));
+        by_fd_[fd] = en;
+    }
+
+    void io_update(detail::IoNode* node, Io) override {
+        set_interest(static_cast<EpollNode*>(node), epoll_mask(node->events));
+    }
+
+    void io_stop(detail::IoNode* node) noexcept override {
+        auto* en = static_cast<EpollNode*>(node);
+        by_fd_[static_cast<std::size_t>(node->fd)] = nullptr;
+        if (en->always_ready) {
+            forget_always_ready(en);
+        } else if (en->registered != 0) {
+            // EBADF / ENOENT: the fd was closed meanwhile, and with it (unless
+            // the file lives on elsewhere, see the top) the registration.
+            ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, node->fd, nullptr);
+            en->registered = 0;
+        }
+    }
+
+    // Brings the kernel's set to `mask` for this node, with no syscall when
+    // nothing changes. Io::none leaves the set entirely: hang-up and error are
+    // reported even for an empty mask and would wake a paused watcher forever.
+    void set_interest(EpollNode* node, std::uint32_t mask) {
+        if (node->always_ready || mask == node->registered) return;
+        epoll_event event{};
+        event.events = mask;
+        if (mask == 0) {
+            ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, node->fd, nullptr);  // a closed fd is already out
+            node->registered = 0;
+            return;
+        }
+        const bool was_registered = node->registered != 0;
+        int op = was_registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (op == EPOLL_CTL_ADD) node->generation = next_generation();
+        event.data.u64 = token_of(node);
+        int result = ::epoll_ctl(epoll_fd_, op, node->fd, &event);
+        if (result != 0 && op == EPOLL_CTL_MOD && errno == ENOENT) {
+            // The fd was closed and its number reused: watch what it names now,
+            // under a new token, as poll and select would.
+            op = EPOLL_CTL_ADD;
+            node->generation = next_generation();
+            event.data.u64 = token_of(node);
+            result = ::epoll_ctl(epoll_fd_, op, node->fd, &event);
+        } else if (result != 0 && op == EPOLL_CTL_ADD && errno == EEXIST) {
+            // A registration of this very file outlived an earlier fd: take it over.
+            op = EPOLL_CTL_MOD;
+            result = ::epoll_ctl(epoll_fd_, op, node->fd, &event);
+        }
+        if (result == 0) {
+            node->registered = mask;
+        } else if (op == EPOLL_CTL_ADD && errno == EPERM) {
+            node->always_ready = true;
+            always_ready_.push_back(node);
+        } else if (was_registered && errno == EBADF) {
+            node->registered = 0;  // closed while watched: the kernel forgot it, and so do we
+        } else {
+            throw std::system_error(errno, std::generic_category(),
+                                    std::string("epoll_ctl(") + (op == EPOLL_CTL_ADD ? "ADD" : "MOD") + ") for fd " +
+                                        std::to_string(node->fd));
+        }
+    }
+
+    std::uint32_t next_generation() noexcept {
+        if (++generation_ == 0) ++generation_;  // 0 never matches a registered node
+        return generation_;
+    }
+
+    // The node an event belongs to, or null when its registration is no longer
+    // the one we made: stopped, paused, re-added or orphaned.
+    EpollNode* live_node(std::uint64_t token) const noexcept {
+        const auto fd = static_cast<std::uint32_t>(token);
+        if (fd >= by_fd_.size()) return nullptr;
+        EpollNode* node = by_fd_[fd];
+        if (node == nullptr || node->registered == 0 || node->generation != static_cast<std::uint32_t>(token >> 32))
+            return nullptr;
+        return node;
+    }
+
+    void forget_always_ready(EpollNode* node) noexcept {
+        node->always_ready = false;
+        for (std::size_t i = 0; i < always_ready_.size(); ++i) {
+            if (always_ready_[i] != node) continue;
+            always_ready_[i] = always_ready_.back();
+            always_ready_.pop_back();
+            return;
+        }
+    }
+
+    bool any_always_ready_wanted() const noexcept {
+        for (const EpollNode* node : always_ready_)
+            if (node->events != Io::none) return true;
+        return false;
+    }
+
+    void wait_and_dispatch(int timeout_ms) override {
+        if (any_always_ready_wanted()) timeout_ms = 0;  // poll(2) would return at once
+        const int n = ::epoll_wait(epoll_fd_, events_.data(), static_cast<int>(events_.size()), timeout_ms);
+        update_now();
+        if (n < 0) {
+            if (errno == EINTR) return;
+            throw std::system_error(errno, std::generic_category(), "epoll_wait");
+        }
+        // Before the first callback, by_fd_ matches the kernel's set exactly,
+        // so a token without a live watcher can only be an orphaned registration.
+        bool orphan = false;
+        for (int i = 0; i < n; ++i) {
+            const std::uint64_t token = events_[static_cast<std::size_t>(i)].data.u64;
+            if (token != wake_token && live_node(token) == nullptr) orphan = true;
+        }
+        if (orphan) rebuild();
+        // Looked up again per event: a watcher stopped, paused or restarted by
+        // an earlier callback of this batch no longer matches its old token.
+        for (int i = 0; i < n; ++i) {
+            const epoll_event& event = events_[static_cast<std::size_t>(i)];
+            if (event.data.u64 == wake_token)
+                wake_fd_ready();
+            else if (EpollNode* node = live_node(event.data.u64))
+                dispatch_io(node, to_io(event.events));
+        }
+        if (!always_ready_.empty()) {
+            // A copy, since callbacks may start and stop these; nodes released
+            // meanwhile wait for the end of the DispatchScope.
+            ready_files_ = always_ready_;
+            for (EpollNode* node : ready_files_) dispatch_io(node, Io::read_write);
+        }
+        // A full array may have left events behind: take more next time.
+        if (static_cast<std::size_t>(n) == events_.size()) events_.resize(events_.size() * 2);
+    }
+
+    // Moves every registration into a fresh epoll set, leaving orphaned ones
+    // behind with the old set. Tokens are kept, so this batch still dispatches.
+    void rebuild() noexcept {
+        const int fresh = open_epoll_set(wake_fd());
+        if (fresh < 0) return;  // out of fds: orphans stay ignored; retried on their next event
+        for (EpollNode* node : by_fd_) {
+            if (node == nullptr || node->registered == 0) continue;
+            epoll_event event{};
+            event.events = node->registered;
+            event.data.u64 = token_of(node);
+            if (::epoll_ctl(fresh, EPOLL_CTL_ADD, node->fd, &event) != 0) node->registered = 0;  // closed meanwhile
+        }
+        ::close(epoll_fd_);
+        epoll_fd_ = fresh;
+    }
+
+    int epoll_fd_;
+    std::uint32_t generation_ = 0;
+    std::vector<epoll_event> events_;
+    std::vector<EpollNode*> by_fd_;         // the active watcher of each fd
+    std::vector<EpollNode*> always_ready_;  // active watchers of fds epoll refused
+    std::vector<EpollNode*> ready_files_;   // dispatch copy of always_ready_
+};
+
+}  // namespace
+
+std::unique_ptr<EventLoop> make_epoll_loop() {
+    return std::make_unique<EpollLoop>();
+}
+
+}  // namespace anyloop
