@@ -80,6 +80,7 @@ void check_not_nested(int dispatch_depth, const char* what) {
 void EventLoop::run() {
     check_not_nested(dispatch_depth_, "EventLoop::run");
     rethrow_failure();
+    update_now();  // the cache may be stale from long before this run
     stop_requested_ = false;
     ++running_depth_;
     while (!stop_requested_ && alive()) iterate(true);

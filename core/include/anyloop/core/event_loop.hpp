@@ -154,7 +154,8 @@ protected:
     }
     /// Runs the callbacks of every active watcher of `signo` on this loop.
     void dispatch_signal(int signo) noexcept;
-    /// Fires due timers in (deadline, start order). Refreshes now() first.
+    /// Fires timers due at now() in (deadline, start order); call update_now()
+    /// first if the cached time may be stale.
     void run_due_timers() noexcept;
     /// Runs everything post()ed so far.
     void run_posted() noexcept;
