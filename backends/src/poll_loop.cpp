@@ -23,6 +23,13 @@ short poll_mask(Io events) noexcept {
     return mask;
 }
 
+// poll() reports POLLHUP, POLLERR and POLLNVAL even for an empty event mask,
+// so a paused (Io::none) watcher on a hung-up socket would end every wait at
+// once and spin the loop. A negative fd makes poll() skip the slot entirely.
+pollfd poll_entry(const detail::IoNode* node) noexcept {
+    return {node->events == Io::none ? -1 : node->fd, poll_mask(node->events), 0};
+}
+
 class PollLoop final : public backends::NativeLoop {
 public:
     PollLoop() {
@@ -39,12 +46,12 @@ private:
     void io_start(detail::IoNode* node) override {
         auto* pn = static_cast<PollNode*>(node);
         pn->slot = pollfds_.size();
-        pollfds_.push_back({node->fd, poll_mask(node->events), 0});
+        pollfds_.push_back(poll_entry(node));
         nodes_.push_back(pn);
     }
 
     void io_update(detail::IoNode* node, Io) override {
-        pollfds_[static_cast<PollNode*>(node)->slot].events = poll_mask(node->events);
+        pollfds_[static_cast<PollNode*>(node)->slot] = poll_entry(node);
     }
 
     void io_stop(detail::IoNode* node) noexcept override {

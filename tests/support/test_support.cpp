@@ -6,8 +6,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <string>
 #include <system_error>
+#include <vector>
 
 namespace anyloop::test {
 
@@ -54,6 +57,18 @@ bool run_until(EventLoop& loop, const std::function<bool()>& done, std::chrono::
     return done();
 }
 
+int run_for(EventLoop& loop, std::chrono::milliseconds how_long) {
+    int iterations = -2;  // run_until asks done() before each run_once(), when it stops, and for its result
+    run_until(
+        loop,
+        [&] {
+            ++iterations;
+            return false;
+        },
+        how_long);
+    return iterations;
+}
+
 long raise_fd_limit(long wanted) {
     rlimit limit{};
     ::getrlimit(RLIMIT_NOFILE, &limit);
@@ -79,6 +94,51 @@ void write_all(int fd, const void* data, std::size_t size) {
             throw std::system_error(errno, std::generic_category(), "write");
         }
     }
+}
+
+int move_fd_above(int fd, int minimum) {
+    const int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, minimum);
+    if (moved < 0)
+        throw std::system_error(errno, std::generic_category(),
+                                "fcntl(F_DUPFD_CLOEXEC, " + std::to_string(minimum) + ") of fd " + std::to_string(fd));
+    ::close(fd);
+    return moved;
+}
+
+std::size_t fill_until_blocked(int fd) {
+    const std::vector<char> chunk(64 * 1024, 'f');
+    std::size_t total = 0;
+    for (;;) {
+        const ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            total += static_cast<std::size_t>(n);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && errno == EAGAIN) {
+            return total;
+        } else {
+            throw std::system_error(errno, std::generic_category(), "send while filling fd " + std::to_string(fd));
+        }
+    }
+}
+
+std::string read_available(int fd) {
+    std::string data;
+    char buffer[64 * 1024];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n > 0) {
+            data.append(buffer, static_cast<std::size_t>(n));
+        } else if (n == 0 || errno == EAGAIN) {
+            return data;
+        } else if (errno != EINTR) {
+            throw std::system_error(errno, std::generic_category(), "read of fd " + std::to_string(fd));
+        }
+    }
+}
+
+double elapsed_ms(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace anyloop::test
