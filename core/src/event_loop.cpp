@@ -280,6 +280,10 @@ TimerWatcher EventLoop::timer(Duration after, Duration repeat, TimerCallback cal
 }
 
 void EventLoop::start_timer(detail::TimerNode* node, Duration after, Duration repeat) {
+    // Outside any dispatch of this loop the cache may be old: a host driving
+    // an adopted loop runs its own callbacks without telling us, and code
+    // between two run() calls may have waited. Inside callbacks it is exact.
+    if (dispatch_depth_ == 0) update_now();
     const TimePoint before = next_deadline();
     if (node->active) heap_erase(node);
     else watcher_activated(node);

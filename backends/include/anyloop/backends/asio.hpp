@@ -1,0 +1,77 @@
+// anyloop/backends/asio.hpp — the Asio backend (standalone Asio 1.22 or later).
+//
+// This header does not include Asio: a program that only calls the factories
+// compiles without it. A host that adopts its own io_context includes
+// <asio/io_context.hpp> itself.
+//
+// How the contract maps onto Asio, and where Asio sets limits:
+//
+//  * I/O: each started IoWatcher assigns its fd to an
+//    asio::posix::stream_descriptor and waits with async_wait(wait_read /
+//    wait_write). Level-triggered readiness is emulated by starting a new wait
+//    after every completion while the watcher still wants the event: Asio's
+//    epoll reactor re-arms the descriptor (EPOLL_CTL_MOD) for each new wait, so
+//    an fd that is still ready completes again. The descriptor is released,
+//    never closed: the fd stays the user's. An fd Asio cannot register (a
+//    regular file) is reported ready at every wait, like poll(2) does; one that
+//    is already closed makes IoWatcher::start() throw std::system_error.
+//  * An fd closed while watched vanishes from epoll silently: the watcher does
+//    not fire (there is no POLLNVAL). Stop it before closing; the number may
+//    then be watched again, also when it is reused by a new file.
+//  * The same fd cannot be watched by anyloop and by an Asio object of the
+//    host on the same io_context at once (epoll refuses a second
+//    registration): start() throws std::system_error.
+//  * Timers are anyloop's own heap behind one asio::steady_timer; signals use
+//    one asio::signal_set per signal number, and the disposition a signal had
+//    before is restored when its last watcher stops.
+//  * post() uses asio::post(), which is thread-safe.
+#pragma once
+
+#include <anyloop/core/event_loop.hpp>
+
+#include <memory>
+
+namespace asio {
+class io_context;
+}  // namespace asio
+
+namespace anyloop {
+
+/// A loop over an io_context of its own, created with a concurrency hint of
+/// one thread. run() and run_once() drive it; each iteration runs what is
+/// ready now and no more, so a watcher that never drains its fd, a timer
+/// restarted with zero delay or a post() that posts again cannot keep one
+/// run_once() from returning.
+std::unique_ptr<EventLoop> make_asio_loop();
+
+/// Wraps an io_context the host owns. The host keeps running it with its own
+/// run(), run_one(), poll() or poll_one(), and anyloop's watchers fire inside
+/// those calls; anyloop never runs it on its own initiative (only when the
+/// wrapper's run() or run_once() is called) and never stops or destroys it.
+///
+/// `host` must outlive the returned loop. Destroying the loop releases every
+/// fd, cancels anyloop's waits and leaves the io_context usable; the
+/// cancelled handlers it still holds run harmlessly (or are destroyed with it).
+///
+/// Keep-alive, in Asio's terms: while anything keeps the anyloop loop alive
+/// (a started watcher that was not unref'd, or ref()), the wrapper holds work
+/// on the io_context, so the host's run() does not return; once nothing does,
+/// run() returns as soon as Asio has no other work. post() adds no lasting
+/// work: its wake-up is one transient handler. Asio has no ev_unref, though:
+/// an outstanding wait of an unref'd watcher (an I/O watcher, the next timer
+/// deadline, a signal) still counts as work and keeps the host's run() from
+/// returning until it completes or the watcher stops.
+///
+/// Iterations, in Asio's terms: the host's run_one() runs one handler, which
+/// is one dispatch of one anyloop watcher (or one batch of posted functions).
+/// The host's poll() runs handlers until none is ready; since a watcher whose
+/// fd stays ready is re-armed after each callback, poll() keeps calling it
+/// until the fd is drained or the watcher stops, as it would for any Asio
+/// handler that re-arms itself.
+///
+/// Errors: an exception thrown by a callback inside the host's run() is
+/// caught; it does not stop the host's io_context. It stays stored, and the
+/// next run() or run_once() of this loop rethrows it.
+std::unique_ptr<EventLoop> make_asio_loop(asio::io_context& host);
+
+}  // namespace anyloop

@@ -1,0 +1,461 @@
+// The Asio backend: anyloop's watchers as asynchronous waits on an
+// io_context, either our own or one a host program runs.
+//
+// Three rules shape this file:
+//
+//  * Every handler we give Asio may run after the watcher, or the whole loop,
+//    is gone: a cancelled wait completes with operation_aborted later, and on
+//    an adopted io_context that may be long after the wrapper was destroyed.
+//    So handlers hold shared state (LoopLink, IoPort) and check it; they
+//    never hold a raw node or loop pointer of their own.
+//  * Asio's reactor is edge-triggered; a new async_wait re-arms the fd
+//    (EPOLL_CTL_MOD), so starting a wait after each completion gives the
+//    contract's level-triggered readiness.
+//  * Asio has no iterations: poll() runs handlers until none is ready, and a
+//    re-armed ready fd is always ready. Inside our own iterate() every re-arm
+//    (I/O, the timer, signals, the post() wake-up) is therefore deferred to
+//    the end of the iteration, which is what bounds one run_once(). When the
+//    host drives the io_context, re-arms happen at once, as Asio code does.
+// GCC 12+ warns under -fsanitize=thread that TSan does not model
+// std::atomic_thread_fence, which Asio's handler completion uses
+// (asio/detail/std_fenced_block.hpp). The fences are Asio's, inlined into this
+// file; silence that one warning here (before any include pulls in <atomic>).
+#if defined(__SANITIZE_THREAD__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic ignored "-Wtsan"
+#endif
+#include <anyloop/backends/asio.hpp>
+
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/post.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <poll.h>
+
+#include <csignal>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace anyloop {
+namespace {
+
+class AsioLoop;
+
+// The handlers' way back to the loop: cleared when the loop is destroyed.
+struct LoopLink {
+    AsioLoop* loop = nullptr;
+};
+
+struct AsioIoNode;
+
+// The Asio side of one I/O watcher. It lives as long as the watcher's node
+// or any wait handler that refers to it, whichever is last; the descriptor
+// is engaged exactly while the watcher is started.
+struct IoPort {
+    explicit IoPort(std::shared_ptr<LoopLink> l) noexcept : link(std::move(l)) {}
+    IoPort(const IoPort&) = delete;
+    IoPort& operator=(const IoPort&) = delete;
+    ~IoPort() {
+        // Never reached with an engaged descriptor (io_stop releases it);
+        // releasing here anyway guarantees Asio never closes the user's fd.
+        if (descriptor) descriptor->release();
+    }
+
+    std::shared_ptr<LoopLink> link;
+    std::optional<asio::posix::stream_descriptor> descriptor;
+    AsioIoNode* node = nullptr;  // cleared when the node is deleted
+    // Bumped by every stop and every cancel: a completion of an older
+    // generation is stale and must neither dispatch nor re-arm.
+    std::uint64_t generation = 0;
+    bool waiting[2] = {false, false};  // a wait of this generation is outstanding: [0] read, [1] write
+    bool rearm_queued = false;         // on the loop's deferred re-arm list
+};
+
+struct AsioIoNode final : detail::IoNode {
+    explicit AsioIoNode(std::shared_ptr<IoPort> p) noexcept : port(std::move(p)) { port->node = this; }
+    ~AsioIoNode() override { port->node = nullptr; }
+    std::shared_ptr<IoPort> port;
+};
+
+// One asio::signal_set per installed signal number.
+struct SignalEntry {
+    int signo = 0;
+    std::unique_ptr<asio::signal_set> set;
+    struct sigaction previous {};
+    std::uint64_t arm = 0;  // like IoPort::generation
+    bool waiting = false;
+};
+
+constexpr Io direction_bit(int direction) noexcept { return direction == 0 ? Io::read : Io::write; }
+
+class AsioLoop final : public EventLoop {
+public:
+    // The owning form: the io_context is created before everything that
+    // refers to it and destroyed after it (members are destroyed in reverse).
+    AsioLoop() : owned_(std::make_unique<asio::io_context>(1)), ctx_(*owned_), timer_(ctx_) {}
+    explicit AsioLoop(asio::io_context& host) : ctx_(host), timer_(ctx_) {}
+
+    ~AsioLoop() override {
+        // Stops every watcher while this object is intact: descriptors are
+        // released, signal sets destroyed, the timer wait cancelled.
+        shutdown_watchers();
+        link_->loop = nullptr;
+        for (auto& port : io_rearm_) port->rearm_queued = false;
+        io_rearm_.clear();
+        timer_.cancel();  // timers never report an error here
+        keepalive_.reset();
+    }
+
+    std::string_view backend() const noexcept override { return "asio"; }
+
+    // ---- what the handlers call ------------------------------------------
+
+    void on_io(const std::shared_ptr<IoPort>& port, int direction, std::uint64_t generation,
+               const asio::error_code& error) noexcept {
+        AsioIoNode* node = port->node;
+        if (node == nullptr || !node->active || generation != port->generation) {
+            ++stale_;
+            return;
+        }
+        port->waiting[direction] = false;
+        if (error == asio::error::operation_aborted) {
+            // Not from us (we bump the generation when we cancel): keep waiting.
+            ++stale_;
+            request_arm(port);
+            return;
+        }
+        // Asio reports a descriptor it cannot wait on (a regular file, an
+        // fd epoll refused) as an error; like poll(2), call that ready for
+        // everything, and the next read() or write() tells what happened.
+        Io revents = error ? Io::read_write : direction_bit(direction);
+        const int other = 1 - direction;
+        if (!error && has(node->events, direction_bit(other))) {
+            // Both directions watched: Asio completes each wait on its own,
+            // but the contract reports all ready events in one callback. Ask
+            // the kernel about the other direction now.
+            pollfd probe{node->fd, static_cast<short>(other == 0 ? POLLIN : POLLOUT), 0};
+            if (::poll(&probe, 1, 0) > 0 && probe.revents != 0) revents = Io::read_write;
+        }
+        if (has(revents, direction_bit(other)) && port->waiting[other]) {
+            // Reported here, so the other wait (perhaps completed and queued
+            // already) must not report it a second time: retire it.
+            ++port->generation;
+            port->waiting[other] = false;
+            asio::error_code ignored;
+            port->descriptor->cancel(ignored);
+        }
+        update_now();
+        {
+            DispatchScope scope(*this);
+            dispatch_io(node, revents);
+        }
+        // The callback may have stopped, restarted or destroyed the watcher;
+        // request_arm looks at the port's state as it is now.
+        request_arm(port);
+    }
+
+    void on_timer(std::uint64_t arm) noexcept {
+        if (arm != timer_arm_) {
+            ++stale_;
+            return;
+        }
+        timer_waiting_ = false;
+        update_now();
+        run_due_timers();
+        request_timer_arm();  // run_due_timers re-arms only when something was due
+    }
+
+    void on_signal(int signo, std::uint64_t arm, const asio::error_code& error) noexcept {
+        SignalEntry* entry = find_signal(signo);
+        if (entry == nullptr || entry->arm != arm) {
+            ++stale_;
+            return;
+        }
+        entry->waiting = false;
+        if (!error) {
+            update_now();
+            dispatch_signal(signo);  // opens its own DispatchScope
+        } else {
+            ++stale_;
+        }
+        request_signal_arm();
+    }
+
+    void on_wake() noexcept {
+        if (in_iterate_) {
+            // One batch of posted functions per iteration: what they post
+            // runs in the next one, as on the other backends.
+            if (posted_ran_) {
+                wake_deferred_ = true;
+                return;
+            }
+            posted_ran_ = true;
+        }
+        update_now();
+        DispatchScope scope(*this);
+        run_posted();
+    }
+
+private:
+    // ---- I/O -------------------------------------------------------------
+
+    detail::IoNode* io_create() override { return new AsioIoNode(std::make_shared<IoPort>(link_)); }
+
+    void io_start(detail::IoNode* node) override {
+        IoPort& port = *static_cast<AsioIoNode*>(node)->port;
+        port.descriptor.emplace(ctx_);
+        asio::error_code error;
+        port.descriptor->assign(node->fd, error);
+        if (error) {
+            port.descriptor.reset();
+            throw std::system_error(error, "asio backend: cannot watch fd " + std::to_string(node->fd));
+        }
+        ++port.generation;
+        port.waiting[0] = port.waiting[1] = false;
+        try {
+            request_arm(static_cast<AsioIoNode*>(node)->port);
+        } catch (...) {
+            port.descriptor->release();
+            port.descriptor.reset();
+            throw;
+        }
+    }
+
+    void io_update(detail::IoNode* node, Io old_events) override {
+        const std::shared_ptr<IoPort>& port = static_cast<AsioIoNode*>(node)->port;
+        if (!port->descriptor) return;
+        // A wait for an event no longer wanted would still keep the host's
+        // io_context busy; cancel it (and the other direction with it: Asio
+        // cancels per descriptor) and re-arm what remains.
+        const Io dropped = old_events & ~node->events;
+        if ((has(dropped, Io::read) && port->waiting[0]) || (has(dropped, Io::write) && port->waiting[1])) {
+            ++port->generation;
+            port->waiting[0] = port->waiting[1] = false;
+            asio::error_code ignored;
+            port->descriptor->cancel(ignored);
+        }
+        request_arm(port);
+    }
+
+    void io_stop(detail::IoNode* node) noexcept override {
+        IoPort& port = *static_cast<AsioIoNode*>(node)->port;
+        ++port.generation;  // a completion already queued is now stale
+        port.waiting[0] = port.waiting[1] = false;
+        if (port.descriptor) {
+            // release(), not close(): the fd stays the user's. Outstanding
+            // waits complete with operation_aborted and find a newer generation.
+            port.descriptor->release();
+            port.descriptor.reset();
+        }
+    }
+
+    void request_arm(const std::shared_ptr<IoPort>& port) {
+        if (port->node == nullptr || !port->descriptor) return;
+        if (in_iterate_) {
+            if (!port->rearm_queued) {
+                io_rearm_.push_back(port);
+                port->rearm_queued = true;
+            }
+            return;
+        }
+        arm(port);
+    }
+
+    // Starts a wait for every wanted direction without one outstanding.
+    void arm(const std::shared_ptr<IoPort>& port) {
+        if (port->node == nullptr || !port->descriptor) return;
+        const Io wanted = port->node->events;
+        for (int direction = 0; direction < 2; ++direction) {
+            if (!has(wanted, direction_bit(direction)) || port->waiting[direction]) continue;
+            const auto type = direction == 0 ? asio::posix::stream_descriptor::wait_read
+                                             : asio::posix::stream_descriptor::wait_write;
+            port->descriptor->async_wait(
+                type, [port, direction, generation = port->generation](const asio::error_code& error) noexcept {
+                    if (AsioLoop* loop = port->link->loop) loop->on_io(port, direction, generation, error);
+                });
+            port->waiting[direction] = true;
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------
+
+    void timers_changed() override { request_timer_arm(); }
+
+    void request_timer_arm() {
+        if (in_iterate_) timer_deferred_ = true;
+        else arm_timer();
+    }
+
+    // Keeps exactly one wait outstanding, for next_deadline(), and none
+    // while there is no timer.
+    void arm_timer() {
+        const TimePoint deadline = next_deadline();
+        if (deadline == TimePoint::max()) {
+            if (timer_waiting_) {
+                ++timer_arm_;
+                timer_waiting_ = false;
+                timer_.cancel();
+            }
+            return;
+        }
+        if (timer_waiting_ && timer_deadline_ == deadline) return;
+        ++timer_arm_;
+        timer_.expires_at(deadline);  // cancels a pending wait, which then finds an older arm
+        timer_deadline_ = deadline;
+        timer_waiting_ = true;
+        timer_.async_wait([link = link_, arm = timer_arm_](const asio::error_code&) noexcept {
+            if (AsioLoop* loop = link->loop) loop->on_timer(arm);
+        });
+    }
+
+    // ---- signals ---------------------------------------------------------
+
+    SignalEntry* find_signal(int signo) noexcept {
+        for (SignalEntry& entry : signals_)
+            if (entry.signo == signo) return &entry;
+        return nullptr;
+    }
+
+    void signal_install(int signo) override {
+        SignalEntry entry;
+        entry.signo = signo;
+        ::sigaction(signo, nullptr, &entry.previous);
+        entry.set = std::make_unique<asio::signal_set>(ctx_);
+        asio::error_code error;
+        entry.set->add(signo, error);
+        if (error) throw std::system_error(error, "asio backend: cannot watch signal " + std::to_string(signo));
+        signals_.push_back(std::move(entry));
+        request_signal_arm();
+    }
+
+    void signal_uninstall(int signo) noexcept override {
+        for (auto it = signals_.begin(); it != signals_.end(); ++it) {
+            if (it->signo != signo) continue;
+            asio::error_code ignored;
+            it->set->cancel(ignored);
+            it->set->clear(ignored);
+            // Asio resets a signal it no longer needs to SIG_DFL; give back
+            // what was there before, unless Asio still handles the signal for
+            // a signal_set of the host.
+            struct sigaction current {};
+            if (::sigaction(signo, nullptr, &current) == 0 && (current.sa_flags & SA_SIGINFO) == 0 &&
+                current.sa_handler == SIG_DFL)
+                ::sigaction(signo, &it->previous, nullptr);
+            signals_.erase(it);
+            return;
+        }
+    }
+
+    void request_signal_arm() {
+        if (in_iterate_) signal_deferred_ = true;
+        else arm_signals();
+    }
+
+    void arm_signals() {
+        for (SignalEntry& entry : signals_) {
+            if (entry.waiting) continue;
+            ++entry.arm;
+            entry.waiting = true;
+            entry.set->async_wait(
+                [link = link_, signo = entry.signo, arm = entry.arm](const asio::error_code& error, int) noexcept {
+                    if (AsioLoop* loop = link->loop) loop->on_signal(signo, arm, error);
+                });
+        }
+    }
+
+    // ---- post, keep-alive, iterations ------------------------------------
+
+    void wake() noexcept override {
+        // Thread-safe, and transient: the handler is work only until it runs.
+        asio::post(ctx_, [link = link_]() noexcept {
+            if (AsioLoop* loop = link->loop) loop->on_wake();
+        });
+    }
+
+    void alive_changed(bool alive) override {
+        // Outstanding waits keep an io_context running by themselves; this
+        // covers the rest of what keeps anyloop alive (ref(), a watcher with
+        // no events), so that run_one() blocks and a host's run() goes on.
+        if (alive) keepalive_.emplace(ctx_.get_executor());
+        else keepalive_.reset();
+    }
+
+    void break_iteration() noexcept override {
+        // Ends our own iterate(); a host's run() is never stopped by us.
+        break_requested_ = true;
+    }
+
+    void iterate(bool block) override {
+        DispatchScope scope(*this);
+        in_iterate_ = true;
+        break_requested_ = false;
+        posted_ran_ = false;
+        try {
+            if (ctx_.stopped()) ctx_.restart();
+            if (block) {
+                // Wait for one handler that is more than the leftover of a
+                // cancelled wait, then collect whatever else is ready now.
+                for (;;) {
+                    const std::uint64_t stale_before = stale_;
+                    if (ctx_.run_one() == 0 || stale_ == stale_before || break_requested_) break;
+                }
+            }
+            while (!break_requested_ && ctx_.poll_one() != 0) {
+            }
+        } catch (...) {
+            end_iteration();
+            throw;
+        }
+        end_iteration();
+    }
+
+    // Performs the re-arms deferred during the iteration, so that what is
+    // still ready completes in the next one.
+    void end_iteration() {
+        in_iterate_ = false;
+        std::vector<std::shared_ptr<IoPort>> ports;
+        ports.swap(io_rearm_);
+        for (auto& port : ports) {
+            port->rearm_queued = false;
+            arm(port);
+        }
+        ports.clear();
+        if (io_rearm_.empty()) io_rearm_.swap(ports);  // keep the capacity
+        if (std::exchange(timer_deferred_, false)) arm_timer();
+        if (std::exchange(signal_deferred_, false)) arm_signals();
+        if (std::exchange(wake_deferred_, false)) wake();
+    }
+
+    std::unique_ptr<asio::io_context> owned_;  // first: destroyed last
+    asio::io_context& ctx_;
+    const std::shared_ptr<LoopLink> link_ = std::make_shared<LoopLink>(LoopLink{this});
+    asio::steady_timer timer_;
+    std::uint64_t timer_arm_ = 0;
+    TimePoint timer_deadline_{};
+    bool timer_waiting_ = false;
+    std::vector<SignalEntry> signals_;
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> keepalive_;
+
+    bool in_iterate_ = false;
+    bool break_requested_ = false;
+    bool posted_ran_ = false;
+    std::uint64_t stale_ = 0;  // handlers that found their wait cancelled or outdated
+    std::vector<std::shared_ptr<IoPort>> io_rearm_;
+    bool timer_deferred_ = false;
+    bool signal_deferred_ = false;
+    bool wake_deferred_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<EventLoop> make_asio_loop() { return std::make_unique<AsioLoop>(); }
+
+std::unique_ptr<EventLoop> make_asio_loop(asio::io_context& host) { return std::make_unique<AsioLoop>(host); }
+
+}  // namespace anyloop
