@@ -44,7 +44,24 @@ EventLoop::~EventLoop() {
         delete node;
     }
     for (detail::WatcherNode* node = live_nodes_; node != nullptr; node = node->next_live) node->loop = nullptr;
+    // Last, when every watcher is inert: the hooks may destroy some.
+    std::map<std::uint64_t, std::function<void()>> hooks = std::move(destroy_hooks_);
+    for (auto& [token, fn] : hooks) {
+        try {
+            fn();
+        } catch (...) {
+            // A destructor cannot report it; the object is gone either way.
+        }
+    }
 }
+
+std::uint64_t EventLoop::at_destroy(std::function<void()> fn) {
+    const std::uint64_t token = next_destroy_hook_++;
+    destroy_hooks_.emplace(token, std::move(fn));
+    return token;
+}
+
+void EventLoop::cancel_at_destroy(std::uint64_t token) noexcept { destroy_hooks_.erase(token); }
 
 void EventLoop::shutdown_watchers() noexcept {
     for (detail::WatcherNode* node = live_nodes_; node != nullptr; node = node->next_live) {

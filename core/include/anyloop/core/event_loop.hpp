@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <exception>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string_view>
 #include <vector>
@@ -90,6 +91,17 @@ public:
     [[nodiscard]] std::size_t active_watchers() const noexcept { return active_count_; }
     /// Whether run() would go on: keep-alive watchers, ref()s or posted work.
     [[nodiscard]] bool alive() const noexcept;
+
+    // ---- objects that own themselves -------------------------------------
+
+    /// Runs `fn` once when the loop is destroyed, after every watcher was
+    /// stopped and made inert (so `fn` may destroy watchers and close fds).
+    /// For objects that own themselves on a loop, such as a Handle that
+    /// lingers to write its last output. Returns a token for
+    /// cancel_at_destroy(). Loop thread only.
+    std::uint64_t at_destroy(std::function<void()> fn);
+    /// Forgets an at_destroy() registration; unknown tokens are ignored.
+    void cancel_at_destroy(std::uint64_t token) noexcept;
 
 protected:
     EventLoop();
@@ -243,6 +255,9 @@ private:
     std::atomic<bool> posted_pending_{false};
 
     std::exception_ptr failure_;
+
+    std::map<std::uint64_t, std::function<void()>> destroy_hooks_;
+    std::uint64_t next_destroy_hook_ = 1;
 };
 
 }  // namespace anyloop

@@ -1,0 +1,307 @@
+// Handle's public functions, construction, options and layering. The read
+// path is in handle_read.cpp, the write path and the event plumbing in
+// handle_io.cpp.
+#include <anyloop/handle/handle.hpp>
+
+#include "handle_impl.hpp"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <stdexcept>
+#include <string>
+
+namespace anyloop {
+
+namespace {
+
+HandleOptions normalized(HandleOptions options) {
+    options.read_size = std::max<std::size_t>(options.read_size, 64);
+    options.max_read_size = std::max(options.max_read_size, options.read_size);
+    options.reads_per_event = std::max(options.reads_per_event, 1U);
+    return options;
+}
+
+}  // namespace
+
+namespace detail {
+
+HandleImpl::HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptions& options)
+    : owner_(&owner), loop_(loop), fd_(fd), options_(normalized(options)), read_size_(options_.read_size) {
+    if (fd < 0) throw std::invalid_argument("Handle: invalid fd " + std::to_string(fd));
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ((flags & O_NONBLOCK) == 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
+        throw std::system_error(errno, std::generic_category(), "Handle: cannot make fd " + std::to_string(fd) + " non-blocking");
+
+    // Only sockets accept SO_OOBINLINE, so setting it also tells whether the
+    // fd is a socket (sent to with MSG_NOSIGNAL) or a pipe / tty.
+    if (options_.oob_inline) {
+        const int on = 1;
+        if (::setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof on) < 0 && errno == ENOTSOCK) is_socket_ = false;
+    } else {
+        int type = 0;
+        socklen_t length = sizeof type;
+        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0 && errno == ENOTSOCK) is_socket_ = false;
+    }
+    if (is_socket_) {
+        // TCP_NODELAY fails harmlessly on a unix socket.
+        if (options_.no_delay) apply_socket_option(IPPROTO_TCP, TCP_NODELAY, true);
+        if (options_.keepalive) apply_socket_option(SOL_SOCKET, SO_KEEPALIVE, true);
+    }
+
+    last_activity_ = last_read_ = last_write_ = loop.now();
+    // Created now, started only while a timeout runs. Its existence also
+    // lets a late destructor find out whether the loop is still there.
+    timer_ = loop.timer(Duration::zero(), [this] { on_timer(); });
+    timer_.stop();
+    if (options_.timeout > Duration::zero()) arm_timer();
+}
+
+HandleImpl::~HandleImpl() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void HandleImpl::apply_socket_option(int level, int name, bool on) noexcept {
+    if (!is_socket_ || fd_ < 0) return;
+    const int value = on ? 1 : 0;
+    (void)::setsockopt(fd_, level, name, &value, sizeof value);
+}
+
+std::string HandleImpl::where() const { return "fd " + std::to_string(fd_) + ": "; }
+
+bool HandleImpl::reading_wanted() const noexcept {
+    if (dead_ || eof_ || user_paused_ || hwm_paused_) return false;
+    return on_read_.fn || !readers_.empty() || (layer_ && layer_->wants_input());
+}
+
+void HandleImpl::orphan() noexcept {
+    orphaned_ = true;
+    owner_ = nullptr;
+    clear_callbacks();
+    readers_.clear();
+    if (depth_ == 0) finish_orphan();
+}
+
+void HandleImpl::clear_callbacks() noexcept {
+    on_read_.set(nullptr);
+    on_eof_.set(nullptr);
+    on_error_.set(nullptr);
+    on_drain_.set(nullptr);
+    on_timeout_.set(nullptr);
+    on_rtimeout_.set(nullptr);
+    on_wtimeout_.set(nullptr);
+}
+
+// Something that may let readers progress changed (a reader or on_read was
+// added, or input became available outside a read).
+void HandleImpl::input_changed() {
+    if (dead_) return;
+    if (depth_ > 0) {
+        // Inside a callback: the running dispatch loop, or settle(), takes it.
+        if (!rbuf_.empty()) input_pending_ = true;
+        return;
+    }
+    if (!rbuf_.empty()) {
+        DepthGuard guard(*this);
+        dispatch_input();
+    }
+    settle();
+}
+
+// Only the read/write interest may have to change.
+void HandleImpl::interest_changed() {
+    if (depth_ == 0 && !dead_) settle();
+}
+
+void HandleImpl::push_read(Reader&& reader, bool front) {
+    if (reader.kind_ == Reader::Kind::none) throw std::invalid_argument("Handle::push_read: empty Reader");
+    if (dead_) return;
+    if (front) readers_.push_front(std::move(reader));
+    else readers_.push_back(std::move(reader));
+    input_changed();
+}
+
+void HandleImpl::set_paused(bool paused) {
+    user_paused_ = paused;
+    interest_changed();
+}
+
+void HandleImpl::update_backpressure() noexcept {
+    const std::size_t queued = queue_.size() + plain_.size();
+    const std::size_t high = options_.high_water_mark;
+    if (high == 0) hwm_paused_ = false;
+    else if (queued >= high) hwm_paused_ = true;
+    else if (queued <= options_.low_water_mark) hwm_paused_ = false;
+}
+
+void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
+    if (!layer) throw std::invalid_argument("Handle::set_layer: null layer");
+    if (layer_) throw std::logic_error("Handle::set_layer: " + where() + "a layer is installed already");
+    if (dead_) return;
+    layer_ = std::move(layer);
+    const bool nested = depth_ > 0;
+    {
+        DepthGuard guard(*this);
+        // Unread input arrived after the switch: it is the layer's.
+        if (!rbuf_.empty()) {
+            rbuf_.settle(0);
+            const std::string early(rbuf_.view());
+            rbuf_.clear();
+            feed_layer(early.data(), early.size());
+        }
+        // A client layer may have its first message ready.
+        if (!nested && !dead_) flush();
+        if (!rbuf_.empty()) input_pending_ = true;
+    }
+    settle();
+}
+
+std::unique_ptr<StreamLayer> HandleImpl::release_layer() {
+    if (!plain_.empty())
+        throw std::logic_error("Handle::release_layer: " + where() + std::to_string(plain_.size()) +
+                               " plaintext bytes still wait for the layer");
+    std::unique_ptr<StreamLayer> layer = std::move(layer_);
+    layer_shutdown_ = false;
+    interest_changed();
+    return layer;
+}
+
+void HandleImpl::close_now() noexcept {
+    dead_ = true;
+    io_.reset();
+    io_events_ = Io::none;
+    timer_.reset();
+    clear_callbacks();
+    readers_.clear();
+    queue_.clear();
+    plain_.clear();
+    // The storage may still hold the record a running reader is looking at;
+    // settle() frees it once no callback is on the stack.
+    rbuf_.clear();
+    layer_.reset();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+}
+
+}  // namespace detail
+
+// ---- Handle -------------------------------------------------------------------
+
+Handle::Handle(EventLoop& loop, int fd, HandleOptions options)
+    : impl_(new detail::HandleImpl(*this, loop, fd, options)) {}
+
+Handle::~Handle() { impl_->orphan(); }
+
+void Handle::on_read(Callback callback) {
+    impl_->on_read_.set(std::move(callback));
+    impl_->input_changed();
+}
+void Handle::on_eof(Callback callback) { impl_->on_eof_.set(std::move(callback)); }
+void Handle::on_error(ErrorCallback callback) { impl_->on_error_.set(std::move(callback)); }
+void Handle::on_drain(Callback callback) { impl_->on_drain_.set(std::move(callback)); }
+void Handle::on_timeout(Callback callback) { impl_->on_timeout_.set(std::move(callback)); }
+void Handle::on_rtimeout(Callback callback) { impl_->on_rtimeout_.set(std::move(callback)); }
+void Handle::on_wtimeout(Callback callback) { impl_->on_wtimeout_.set(std::move(callback)); }
+
+void Handle::push_read(Reader reader) { impl_->push_read(std::move(reader), false); }
+void Handle::unshift_read(Reader reader) { impl_->push_read(std::move(reader), true); }
+ReadBuffer& Handle::read_buffer() noexcept { return impl_->rbuf_; }
+void Handle::stop_read() { impl_->set_paused(true); }
+void Handle::start_read() { impl_->set_paused(false); }
+bool Handle::reading() const noexcept { return has(impl_->io_events_, Io::read); }
+bool Handle::at_eof() const noexcept { return impl_->eof_; }
+
+void Handle::push_write(std::string_view bytes) { impl_->push_write(bytes, nullptr); }
+void Handle::push_write(std::string&& bytes) { impl_->push_write(bytes, &bytes); }
+
+void Handle::push_write_prefixed(std::size_t prefix_bytes, std::string_view payload) {
+    if (prefix_bytes != 1 && prefix_bytes != 2 && prefix_bytes != 4 && prefix_bytes != 8)
+        throw std::invalid_argument("Handle::push_write_prefixed: prefix of " + std::to_string(prefix_bytes) +
+                                    " bytes; use 1, 2, 4 or 8");
+    const std::uint64_t length = payload.size();
+    if (prefix_bytes < 8 && length >> (8 * prefix_bytes) != 0)
+        throw std::length_error("Handle::push_write_prefixed: " + std::to_string(length) +
+                                " bytes do not fit a " + std::to_string(prefix_bytes) + "-byte length prefix");
+    char header[8];
+    for (std::size_t i = 0; i < prefix_bytes; ++i)
+        header[i] = static_cast<char>(length >> (8 * (prefix_bytes - 1 - i)));
+    if (payload.size() <= 4096) {
+        // One chunk, so the pair goes out in one piece.
+        std::string record;
+        record.reserve(prefix_bytes + payload.size());
+        record.append(header, prefix_bytes).append(payload);
+        push_write(std::move(record));
+    } else {
+        push_write(std::string_view(header, prefix_bytes));
+        push_write(payload);
+    }
+}
+
+void Handle::push_shutdown() { impl_->push_shutdown(); }
+std::size_t Handle::write_queue_size() const noexcept { return impl_->queue_.size() + impl_->plain_.size(); }
+
+void Handle::set_timeout(Duration timeout) {
+    impl_->options_.timeout = timeout;
+    if (!impl_->dead_) impl_->arm_timer();
+}
+void Handle::set_rtimeout(Duration timeout) {
+    impl_->options_.rtimeout = timeout;
+    if (!impl_->dead_) impl_->arm_timer();
+}
+void Handle::set_wtimeout(Duration timeout) {
+    impl_->options_.wtimeout = timeout;
+    if (!impl_->dead_) impl_->arm_timer();
+}
+void Handle::timeout_reset() { impl_->last_activity_ = impl_->loop_.now(); }
+void Handle::rtimeout_reset() { impl_->last_read_ = impl_->loop_.now(); }
+void Handle::wtimeout_reset() { impl_->last_write_ = impl_->loop_.now(); }
+
+void Handle::set_rbuf_max(std::size_t bytes) { impl_->options_.rbuf_max = bytes; }
+void Handle::set_wbuf_max(std::size_t bytes) { impl_->options_.wbuf_max = bytes; }
+void Handle::set_low_water_mark(std::size_t bytes) {
+    impl_->options_.low_water_mark = bytes;
+    impl_->update_backpressure();
+    impl_->interest_changed();
+}
+void Handle::set_high_water_mark(std::size_t bytes) {
+    impl_->options_.high_water_mark = bytes;
+    impl_->update_backpressure();
+    impl_->interest_changed();
+}
+void Handle::set_linger(Duration linger) { impl_->options_.linger = linger; }
+void Handle::set_no_delay(bool on) {
+    impl_->options_.no_delay = on;
+    impl_->apply_socket_option(IPPROTO_TCP, TCP_NODELAY, on);
+}
+void Handle::set_keepalive(bool on) {
+    impl_->options_.keepalive = on;
+    impl_->apply_socket_option(SOL_SOCKET, SO_KEEPALIVE, on);
+}
+void Handle::set_oob_inline(bool on) {
+    impl_->options_.oob_inline = on;
+    impl_->apply_socket_option(SOL_SOCKET, SO_OOBINLINE, on);
+}
+const HandleOptions& Handle::options() const noexcept { return impl_->options_; }
+
+void Handle::set_layer(std::unique_ptr<StreamLayer> layer) { impl_->set_layer(std::move(layer)); }
+std::unique_ptr<StreamLayer> Handle::release_layer() { return impl_->release_layer(); }
+StreamLayer* Handle::layer() const noexcept { return impl_->layer_.get(); }
+
+EventLoop& Handle::loop() const noexcept { return impl_->loop_; }
+int Handle::fd() const noexcept { return impl_->fd_; }
+bool Handle::closed() const noexcept { return impl_->dead_; }
+void Handle::close() noexcept {
+    if (impl_->dead_) return;
+    impl_->close_now();
+    if (impl_->depth_ == 0) impl_->rbuf_.trim(0);
+}
+std::size_t Handle::buffer_capacity() const noexcept {
+    return impl_->rbuf_.capacity() + impl_->queue_.capacity() + impl_->plain_.capacity();
+}
+
+}  // namespace anyloop

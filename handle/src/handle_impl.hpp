@@ -1,0 +1,195 @@
+// HandleImpl: everything a Handle is. The public Handle is a pointer to it,
+// so that the state can outlive the Handle while one of its callbacks is
+// still on the stack, and then linger.
+//
+// Re-entrancy is managed with one counter, depth_: every entry into the
+// Handle (a loop callback, or a public call) holds a DepthGuard while it
+// works, and the outermost entry finishes with settle(), which flushes
+// output gathered meanwhile, runs on_drain, applies the read/write interest
+// and, if the Handle was destroyed meanwhile, lingers or frees the state.
+// Code that ran a user callback checks dead_ / orphaned_ before touching
+// anything else.
+#pragma once
+
+#include <anyloop/handle/handle.hpp>
+
+#include "reader_queue.hpp"
+#include "write_queue.hpp"
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+namespace anyloop::detail {
+
+/// A user callback. While it runs it is moved out of the slot, so a
+/// callback that replaces itself or destroys its Handle never destroys the
+/// closure that is running; `version` tells whether the slot was set (or
+/// cleared) meanwhile, in which case the running closure is not put back.
+template <typename Fn>
+struct CallbackSlot {
+    Fn fn;
+    unsigned version = 0;
+    void set(Fn callback) {
+        fn = std::move(callback);
+        ++version;
+    }
+};
+
+class HandleImpl {
+public:
+    HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptions& options);
+    ~HandleImpl();
+    HandleImpl(const HandleImpl&) = delete;
+    HandleImpl& operator=(const HandleImpl&) = delete;
+
+    /// ~Handle: no callback runs from now on; the state lingers or is freed
+    /// once no entry into the Handle is on the stack.
+    void orphan() noexcept;
+
+    // ---- what Handle's public functions do (handle.cpp) --------------------
+    void push_read(Reader&& reader, bool front);
+    void push_write(std::string_view bytes, std::string* owned);
+    void push_shutdown();
+    void set_paused(bool paused);
+    void input_changed();
+    void interest_changed();
+    void set_layer(std::unique_ptr<StreamLayer> layer);
+    std::unique_ptr<StreamLayer> release_layer();
+    void close_now() noexcept;
+    void arm_timer();
+    void update_backpressure() noexcept;
+    void apply_socket_option(int level, int name, bool on) noexcept;
+    [[nodiscard]] bool reading_wanted() const noexcept;
+
+    // ---- state ---------------------------------------------------------------
+    Handle* owner_;
+    EventLoop& loop_;
+    int fd_;
+    HandleOptions options_;
+    bool is_socket_ = true;
+
+    CallbackSlot<Handle::Callback> on_read_;
+    CallbackSlot<Handle::Callback> on_eof_;
+    CallbackSlot<Handle::ErrorCallback> on_error_;
+    CallbackSlot<Handle::Callback> on_drain_;
+    CallbackSlot<Handle::Callback> on_timeout_;
+    CallbackSlot<Handle::Callback> on_rtimeout_;
+    CallbackSlot<Handle::Callback> on_wtimeout_;
+
+    ReadBuffer rbuf_;
+    ReaderQueue readers_;
+    WriteQueue queue_;   // bytes for the socket
+    WriteQueue plain_;   // with a layer: plaintext the layer has not taken yet
+    std::unique_ptr<StreamLayer> layer_;
+    IoWatcher io_;       // created on first use
+    TimerWatcher timer_; // the one timeout timer; created with the Handle
+    Io io_events_ = Io::none;
+
+    int depth_ = 0;
+    bool orphaned_ = false;         // the Handle object is gone
+    bool dead_ = false;             // closed: fatal error or close()
+    bool eof_ = false;              // end of file read
+    bool user_paused_ = false;      // stop_read()
+    bool hwm_paused_ = false;       // high-water mark reached
+    bool write_blocked_ = false;    // the last write hit EAGAIN; wait for writability
+    bool shutdown_requested_ = false;
+    bool layer_shutdown_ = false;   // layer_->shutdown() was called
+    bool write_shut_ = false;       // shutdown(SHUT_WR) done
+    bool input_pending_ = false;    // readers may progress: dispatch in settle()
+    bool dispatching_ = false;      // dispatch_input() is on the stack
+    bool drain_due_ = false;        // run on_drain in settle()
+    bool read_wanted_ = false;      // interest as of the last update_interest()
+    bool write_wanted_ = false;
+
+    std::size_t read_size_;
+    unsigned small_reads_ = 0;
+    TimePoint last_activity_;
+    TimePoint last_read_;
+    TimePoint last_write_;
+
+    // ---- entry points (handle_io.cpp) ---------------------------------------
+    void on_io(Io revents);
+    void on_timer();
+    void settle();
+
+    // ---- reading (handle_read.cpp) -------------------------------------------
+    void read_ready();
+    void dispatch_input();
+    bool run_front_reader();
+    bool deliver(std::size_t offset, std::size_t length, std::size_t consume);
+    void end_of_input();
+    void feed_layer(const char* bytes, std::size_t size);
+    std::size_t drain_layer_plaintext();
+    void adapt_read_size(std::size_t got, std::size_t asked) noexcept;
+
+    // ---- writing (handle_io.cpp) ---------------------------------------------
+    void write_now(std::string_view bytes, std::string* owned);
+    void flush();
+    bool pump_layer();
+    void after_write(std::size_t written);
+    void do_shutdown() noexcept;
+    void check_wbuf_max();
+
+    // ---- the rest (handle_io.cpp) ------------------------------------------
+    void update_interest();
+    void apply_events(Io events);
+    void check_timeouts();
+    void fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* name, Duration limit);
+    void fail(std::error_code error, const std::string& message, bool fatal);
+    void unwound() noexcept;
+    void finish_orphan() noexcept;
+    void clear_callbacks() noexcept;
+    [[nodiscard]] std::string where() const;
+
+    template <typename Fn, typename... Args>
+    void invoke(CallbackSlot<Fn>& slot, Args&&... args);
+};
+
+/// Counts an entry into the Handle. On the normal path the entry calls
+/// settle() after the guard's scope; when an exception from a user callback
+/// unwinds the outermost entry, the guard finishes what must not be lost
+/// (freeing an orphaned state, keeping the interest right) without running
+/// any callback.
+class DepthGuard {
+public:
+    explicit DepthGuard(HandleImpl& handle) noexcept : handle_(handle), exceptions_(std::uncaught_exceptions()) {
+        ++handle_.depth_;
+    }
+    ~DepthGuard() {
+        if (--handle_.depth_ == 0 && std::uncaught_exceptions() > exceptions_) handle_.unwound();
+    }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+
+private:
+    HandleImpl& handle_;
+    int exceptions_;
+};
+
+template <typename Fn, typename... Args>
+void HandleImpl::invoke(CallbackSlot<Fn>& slot, Args&&... args) {
+    if (!slot.fn || orphaned_) return;
+    struct PutBack {
+        CallbackSlot<Fn>& slot;
+        Fn running;
+        unsigned version;
+        ~PutBack() {
+            if (slot.version == version) slot.fn = std::move(running);
+        }
+    } guard{slot, std::move(slot.fn), slot.version};
+    slot.fn = nullptr;
+    guard.running(*owner_, std::forward<Args>(args)...);
+}
+
+/// Writes what a destroyed Handle still had queued, for up to `linger`,
+/// then closes the fd. Owns itself; holds no user object. Takes over the
+/// Handle's watchers (re-pointing their callbacks), so the fd stays watched
+/// by one watcher. If the loop is gone, closes the fd at once.
+void start_lingering(EventLoop& loop, int fd, bool is_socket, WriteQueue&& queue, bool shutdown_after,
+                     Duration linger, IoWatcher&& io, TimerWatcher&& timer) noexcept;
+
+}  // namespace anyloop::detail

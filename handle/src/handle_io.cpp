@@ -1,0 +1,375 @@
+// The Handle's event plumbing and write path: loop entry points, settle(),
+// gathering and flushing output, interest, timeouts, errors and the end of
+// a Handle's life.
+#include "handle_impl.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace anyloop::detail {
+
+namespace {
+
+constexpr std::size_t kMaxIov = 64;
+// Bounds the settle() loop (flush → on_drain → more output → flush ...):
+// what is left waits for the next writable event, so others get a turn.
+constexpr int kSettleRounds = 16;
+
+std::error_code errno_code(int error) noexcept { return {error, std::generic_category()}; }
+
+std::span<const std::byte> as_byte_span(std::string_view bytes) noexcept {
+    return {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()};
+}
+
+std::string seconds_text(Duration duration) {
+    const double seconds = std::chrono::duration<double>(duration).count();
+    std::string text = std::to_string(seconds);
+    text.erase(text.find_last_not_of('0') + 1);
+    if (!text.empty() && text.back() == '.') text.pop_back();
+    return text + " s";
+}
+
+}  // namespace
+
+// ---- loop entry points ----------------------------------------------------
+
+void HandleImpl::on_io(Io revents) {
+    {
+        DepthGuard guard(*this);
+        if (has(revents, Io::write) && !dead_) {
+            write_blocked_ = false;
+            flush();
+        }
+        if (has(revents, Io::read) && !dead_ && !orphaned_ && reading_wanted()) read_ready();
+    }
+    settle();
+}
+
+void HandleImpl::on_timer() {
+    {
+        DepthGuard guard(*this);
+        check_timeouts();
+    }
+    settle();
+}
+
+void HandleImpl::settle() {
+    if (depth_ > 0) return;
+    if (!orphaned_ && !dead_) {
+        DepthGuard guard(*this);
+        for (int round = 0; round < kSettleRounds && !dead_ && !orphaned_; ++round) {
+            if (input_pending_) {
+                dispatch_input();
+                continue;
+            }
+            if (!write_blocked_ && (!queue_.empty() || !plain_.empty() || (shutdown_requested_ && !write_shut_)))
+                flush();
+            if (drain_due_ && !dead_ && !orphaned_) {
+                drain_due_ = false;
+                if (on_drain_.fn) {
+                    invoke(on_drain_);
+                    continue;
+                }
+            }
+            break;
+        }
+        if (!dead_ && !orphaned_) update_interest();
+    }
+    if (orphaned_) {
+        finish_orphan();  // frees this
+        return;
+    }
+    if (dead_) rbuf_.trim(0);
+}
+
+void HandleImpl::unwound() noexcept {
+    // An exception from a user callback is leaving the Handle.
+    if (orphaned_) {
+        finish_orphan();
+        return;
+    }
+    if (dead_) return;
+    try {
+        update_interest();
+    } catch (...) {
+        // The loop reports the callback's exception; this one adds nothing.
+    }
+}
+
+// ---- writing ----------------------------------------------------------------
+
+void HandleImpl::push_write(std::string_view bytes, std::string* owned) {
+    if (dead_ || orphaned_) return;
+    if (shutdown_requested_)
+        throw std::logic_error("Handle::push_write after push_shutdown (" + where() + "the write side is closed)");
+    if (bytes.empty()) return;
+    const bool nested = depth_ > 0;
+    {
+        DepthGuard guard(*this);
+        if (layer_) {
+            if (owned != nullptr) plain_.append(std::move(*owned));
+            else plain_.append(bytes);
+            if (!nested && !write_blocked_) flush();
+        } else if (write_blocked_ || (nested && queue_.size() + bytes.size() <= WriteQueue::kSmallChunk)) {
+            // The fd is full (the write watcher flushes), or we are inside a
+            // callback and the bytes are small: gather them, and settle()
+            // writes everything gathered with one writev when it returns.
+            if (owned != nullptr) queue_.append(std::move(*owned));
+            else queue_.append(bytes);
+        } else {
+            write_now(bytes, owned);
+        }
+        if (!dead_) {
+            update_backpressure();
+            check_wbuf_max();
+        }
+    }
+    settle();
+}
+
+// Writes the queue and then `bytes` (not queued yet) with one writev, and
+// queues only what the fd did not take: the common case copies nothing.
+void HandleImpl::write_now(std::string_view bytes, std::string* owned) {
+    iovec iov[kMaxIov];
+    const std::size_t queued = queue_.gather(iov, kMaxIov - 1);
+    if (queued < queue_.chunk_count()) {
+        // A long chain: `bytes` must follow all of it.
+        if (owned != nullptr) queue_.append(std::move(*owned));
+        else queue_.append(bytes);
+        flush();
+        return;
+    }
+    iov[queued].iov_base = const_cast<char*>(bytes.data());
+    iov[queued].iov_len = bytes.size();
+    const std::size_t offered = queue_.size() + bytes.size();
+    const ssize_t n = write_vector(fd_, is_socket_, iov, queued + 1);
+    std::size_t written = 0;
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            const int error = errno;
+            fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+            return;
+        }
+    } else {
+        written = static_cast<std::size_t>(n);
+    }
+    const std::size_t from_queue = std::min(written, queue_.size());
+    queue_.consume(from_queue);
+    const std::size_t from_bytes = written - from_queue;
+    if (from_bytes < bytes.size()) {
+        if (owned != nullptr) queue_.append(std::move(*owned), from_bytes);
+        else queue_.append(bytes.substr(from_bytes));
+    }
+    if (written < offered) write_blocked_ = true;
+    after_write(written);
+}
+
+// Moves output toward the socket as far as it goes now: plaintext into the
+// layer, the layer's output into the queue, the queue into the fd.
+void HandleImpl::flush() {
+    std::size_t written = 0;
+    for (int round = 0; round < 8 && !dead_; ++round) {
+        const bool layer_moved = layer_ && pump_layer();
+        if (dead_) return;
+        if (!queue_.empty()) {
+            const int error = write_queue_to(fd_, is_socket_, queue_, &written);
+            if (error == EAGAIN) {
+                write_blocked_ = true;
+                break;
+            }
+            if (error != 0) {
+                fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+                return;
+            }
+        }
+        // With a layer, the socket taking its output may let it take more.
+        if (!layer_moved || plain_.empty()) break;
+    }
+    after_write(written);
+}
+
+// Offers queued plaintext to the layer and queues what it produced. Returns
+// whether anything moved.
+bool HandleImpl::pump_layer() {
+    bool moved = false;
+    while (!plain_.empty()) {
+        const std::string_view front = plain_.front();
+        const std::size_t taken = layer_->write_plaintext(as_byte_span(front));
+        plain_.consume(taken);
+        moved = moved || taken > 0;
+        if (taken < front.size()) break;
+    }
+    if (plain_.empty() && shutdown_requested_ && !layer_shutdown_) {
+        layer_shutdown_ = true;
+        layer_->shutdown();
+    }
+    const std::span<const std::byte> output = layer_->pending_output();
+    if (!output.empty()) {
+        queue_.append(std::string_view(reinterpret_cast<const char*>(output.data()), output.size()));
+        layer_->consume_output(output.size());
+        moved = true;
+    }
+    if (const std::error_code error = layer_->error()) {
+        fail(error, where() + layer_->error_message(), true);
+        return false;
+    }
+    return moved;
+}
+
+void HandleImpl::after_write(std::size_t written) {
+    if (dead_) return;
+    if (written > 0) {
+        last_activity_ = last_write_ = loop_.now();
+        if (queue_.size() + plain_.size() <= options_.low_water_mark) drain_due_ = true;
+    }
+    update_backpressure();
+    if (shutdown_requested_ && !write_shut_ && queue_.empty() && plain_.empty() && (!layer_ || layer_shutdown_))
+        do_shutdown();
+}
+
+void HandleImpl::do_shutdown() noexcept {
+    write_shut_ = true;
+    if (is_socket_) (void)::shutdown(fd_, SHUT_WR);
+}
+
+void HandleImpl::push_shutdown() {
+    if (dead_ || shutdown_requested_) return;
+    shutdown_requested_ = true;
+    const bool nested = depth_ > 0;
+    if (!nested && !write_blocked_) {
+        DepthGuard guard(*this);
+        flush();
+    }
+    settle();
+}
+
+void HandleImpl::check_wbuf_max() {
+    const std::size_t queued = queue_.size() + plain_.size();
+    if (options_.wbuf_max > 0 && queued > options_.wbuf_max)
+        fail(errno_code(ENOSPC),
+             where() + "write queue holds " + std::to_string(queued) + " bytes, more than wbuf_max " +
+                 std::to_string(options_.wbuf_max),
+             true);
+}
+
+// ---- interest and timeouts --------------------------------------------------
+
+void HandleImpl::update_interest() {
+    const bool want_read = reading_wanted();
+    const bool want_write = !queue_.empty();
+    const Io events = (want_read ? Io::read : Io::none) | (want_write ? Io::write : Io::none);
+    if (events != io_events_) apply_events(events);
+    if (want_read != read_wanted_ || want_write != write_wanted_) {
+        // A read or write timeout counts from the moment it has something to wait for.
+        const TimePoint now = loop_.now();
+        if (want_read && !read_wanted_) last_read_ = now;
+        if (want_write && !write_wanted_) last_write_ = now;
+        read_wanted_ = want_read;
+        write_wanted_ = want_write;
+        if (options_.rtimeout > Duration::zero() || options_.wtimeout > Duration::zero()) arm_timer();
+    }
+}
+
+void HandleImpl::apply_events(Io events) {
+    if (events == Io::none) {
+        io_.stop();
+    } else if (!io_) {
+        io_ = loop_.io(fd_, events, [this](Io revents) { on_io(revents); });
+    } else {
+        io_.set_events(events);
+        io_.start();
+    }
+    io_events_ = events;
+}
+
+// libev's strategy for activity timeouts: progress only records the time;
+// the one timer fires at the earliest possible deadline, and re-arms itself
+// for the real one if there was activity meanwhile.
+void HandleImpl::arm_timer() {
+    TimePoint next = TimePoint::max();
+    if (options_.timeout > Duration::zero()) next = std::min(next, last_activity_ + options_.timeout);
+    if (options_.rtimeout > Duration::zero() && read_wanted_) next = std::min(next, last_read_ + options_.rtimeout);
+    if (options_.wtimeout > Duration::zero() && write_wanted_) next = std::min(next, last_write_ + options_.wtimeout);
+    if (next == TimePoint::max()) {
+        timer_.stop();
+        return;
+    }
+    const Duration after = std::max(next - loop_.now(), Duration::zero());
+    if (!timer_.active() || timer_.remaining() > after) timer_.start(after);
+}
+
+void HandleImpl::check_timeouts() {
+    const TimePoint now = loop_.now();
+    if (options_.timeout > Duration::zero() && last_activity_ + options_.timeout <= now) {
+        last_activity_ = now;
+        fire_timeout(on_timeout_, "nothing read or written for", options_.timeout);
+        if (dead_ || orphaned_) return;
+    }
+    if (options_.rtimeout > Duration::zero() && read_wanted_ && last_read_ + options_.rtimeout <= now) {
+        last_read_ = now;
+        fire_timeout(on_rtimeout_, "nothing read for", options_.rtimeout);
+        if (dead_ || orphaned_) return;
+    }
+    if (options_.wtimeout > Duration::zero() && write_wanted_ && last_write_ + options_.wtimeout <= now) {
+        last_write_ = now;
+        fire_timeout(on_wtimeout_, "nothing written for", options_.wtimeout);
+        if (dead_ || orphaned_) return;
+    }
+    arm_timer();
+}
+
+void HandleImpl::fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* what, Duration limit) {
+    if (slot.fn) invoke(slot);
+    else fail(errno_code(ETIMEDOUT), where() + what + " " + seconds_text(limit), false);
+}
+
+// ---- errors and the end ------------------------------------------------------
+
+void HandleImpl::fail(std::error_code error, const std::string& message, bool fatal) {
+    if (dead_) return;
+    if (fatal) dead_ = true;  // nothing else runs; the fd stays open for on_error to inspect
+    const bool reported = on_error_.fn && !orphaned_;
+    if (reported) invoke(on_error_, error, message, fatal);
+    // A non-fatal error nobody hears about cannot be handled: close.
+    if (fatal || !reported) close_now();
+}
+
+void HandleImpl::finish_orphan() noexcept {
+    if (!dead_ && fd_ >= 0) {
+        // Whether the loop still exists: a watcher of a destroyed loop
+        // refuses to start. The timer is idle now, so stopping it is free.
+        bool loop_alive = true;
+        try {
+            timer_.set_repeat(Duration::zero());
+            timer_.again();
+        } catch (const std::logic_error&) {
+            loop_alive = false;
+        }
+        if (loop_alive) {
+            try {
+                // Last chance for output gathered by the callbacks. No callback
+                // runs: the Handle is orphaned.
+                if (!write_blocked_) flush();
+            } catch (...) {
+                // Lingering is best effort.
+            }
+            const bool unfinished = !queue_.empty() || (shutdown_requested_ && !write_shut_);
+            if (!dead_ && unfinished && options_.linger > Duration::zero()) {
+                const int fd = fd_;
+                fd_ = -1;
+                start_lingering(loop_, fd, is_socket_, std::move(queue_), shutdown_requested_ && !write_shut_,
+                                options_.linger, std::move(io_), std::move(timer_));
+            }
+        }
+    }
+    delete this;
+}
+
+}  // namespace anyloop::detail

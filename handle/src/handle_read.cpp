@@ -1,0 +1,367 @@
+// The Handle's read path: reading from the fd, handing records to readers,
+// and end of file.
+//
+// Bytes are read into a 64 KiB buffer on the stack when the read buffer is
+// empty (the usual case between records), and readers are handed views of
+// them in place; only what they leave is copied into the heap buffer. When
+// the read buffer already holds part of a record, readv() fills its free
+// tail first and spills the rest onto the stack, so one syscall reads as
+// much as is there without growing the heap buffer in advance.
+#include <anyloop/handle/reader.hpp>
+
+#include "handle_impl.hpp"
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace anyloop {
+
+namespace {
+
+constexpr std::size_t kSpillSize = 64 * 1024;
+
+}  // namespace
+
+// ---- Reader factories ---------------------------------------------------------
+
+Reader Reader::line(Callback callback, LineOptions options) {
+    Reader reader;
+    reader.kind_ = Kind::line;
+    reader.eol_ = std::move(options.eol);
+    reader.max_ = options.max_length;
+    reader.on_record_ = std::move(callback);
+    return reader;
+}
+
+Reader Reader::chunk(std::size_t size, Callback callback) {
+    Reader reader;
+    reader.kind_ = Kind::chunk;
+    reader.size_ = size;
+    reader.on_record_ = std::move(callback);
+    return reader;
+}
+
+Reader Reader::length_prefixed(std::size_t prefix_bytes, Callback callback, std::size_t max_length) {
+    if (prefix_bytes != 1 && prefix_bytes != 2 && prefix_bytes != 4 && prefix_bytes != 8)
+        throw std::invalid_argument("Reader::length_prefixed: prefix of " + std::to_string(prefix_bytes) +
+                                    " bytes; use 1, 2, 4 or 8");
+    Reader reader;
+    reader.kind_ = Kind::length_prefixed;
+    reader.size_ = prefix_bytes;
+    reader.max_ = max_length;
+    reader.on_record_ = std::move(callback);
+    return reader;
+}
+
+Reader Reader::available(Callback callback) {
+    Reader reader;
+    reader.kind_ = Kind::available;
+    reader.on_record_ = std::move(callback);
+    return reader;
+}
+
+Reader Reader::custom(CustomCallback callback) {
+    Reader reader;
+    reader.kind_ = Kind::custom;
+    reader.on_input_ = std::move(callback);
+    return reader;
+}
+
+namespace detail {
+
+namespace {
+
+std::error_code errno_code(int error) noexcept { return {error, std::generic_category()}; }
+
+}  // namespace
+
+// ---- reading from the fd -----------------------------------------------------
+
+void HandleImpl::read_ready() {
+    char spill[kSpillSize];
+    // If a callback throws while readers look at `spill` in place, keep
+    // what they left before the stack frame goes away.
+    struct KeepInputOnUnwind {
+        ReadBuffer& input;
+        ~KeepInputOnUnwind() {
+            if (!input.borrowed()) return;
+            try {
+                input.settle(0);
+            } catch (...) {
+                input.clear();
+                input.settle(0);
+            }
+        }
+    } keep_input{rbuf_};
+    for (unsigned attempt = 0; attempt < options_.reads_per_event; ++attempt) {
+        // With rbuf_max, read no more than one byte past it: a record that
+        // cannot fit then always fails, however its bytes arrive.
+        const std::size_t budget = options_.rbuf_max > 0
+                                       ? options_.rbuf_max + 1 - std::min(rbuf_.size(), options_.rbuf_max)
+                                       : std::numeric_limits<std::size_t>::max();
+        std::size_t asked = std::min(sizeof spill, budget);
+        ssize_t n;
+        if (layer_ || rbuf_.empty()) {
+            n = ::read(fd_, spill, asked);
+            if (n > 0 && !layer_) rbuf_.borrow(spill, static_cast<std::size_t>(n));
+        } else {
+            std::span<char> tail = rbuf_.prepare(std::min(read_size_, budget));
+            if (tail.size() > budget) tail = tail.first(budget);
+            iovec iov[2] = {{tail.data(), tail.size()}, {spill, std::min(sizeof spill, budget - tail.size())}};
+            asked = iov[0].iov_len + iov[1].iov_len;
+            n = ::readv(fd_, iov, iov[1].iov_len > 0 ? 2 : 1);
+            if (n > 0) {
+                const std::size_t into_tail = std::min(static_cast<std::size_t>(n), tail.size());
+                rbuf_.commit(into_tail);
+                if (static_cast<std::size_t>(n) > into_tail)
+                    rbuf_.append(std::string_view(spill, static_cast<std::size_t>(n) - into_tail));
+            }
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            const int error = errno;
+            fail(errno_code(error), where() + "read failed: " + std::strerror(error), true);
+            return;
+        }
+        if (n == 0) {
+            end_of_input();
+            return;
+        }
+        const auto got = static_cast<std::size_t>(n);
+        last_activity_ = last_read_ = loop_.now();
+        adapt_read_size(got, asked);
+        if (layer_) {
+            feed_layer(spill, got);
+            if (dead_) return;
+        }
+        dispatch_input();
+        if (dead_ || orphaned_) return;
+        rbuf_.settle(read_size_);
+        if (options_.rbuf_max > 0 && rbuf_.size() > options_.rbuf_max) {
+            fail(errno_code(ENOSPC),
+                 where() + "read buffer holds " + std::to_string(rbuf_.size()) + " bytes, more than rbuf_max " +
+                     std::to_string(options_.rbuf_max),
+                 true);
+            return;
+        }
+        // A short read emptied the socket: another read would only say EAGAIN.
+        if (got < asked || !reading_wanted()) break;
+    }
+    rbuf_.trim(read_size_);
+}
+
+// Doubles the growth step while reads fill everything offered; halves it
+// back after a run of small reads.
+void HandleImpl::adapt_read_size(std::size_t got, std::size_t asked) noexcept {
+    if (got >= asked) {
+        read_size_ = std::min(read_size_ * 2, options_.max_read_size);
+        small_reads_ = 0;
+    } else if (got < read_size_ / 4 && read_size_ > options_.read_size) {
+        if (++small_reads_ >= 8) {
+            read_size_ = std::max(read_size_ / 2, options_.read_size);
+            small_reads_ = 0;
+        }
+    } else {
+        small_reads_ = 0;
+    }
+}
+
+void HandleImpl::feed_layer(const char* bytes, std::size_t size) {
+    std::size_t offset = 0;
+    while (offset < size) {
+        const std::size_t taken =
+            layer_->feed_input({reinterpret_cast<const std::byte*>(bytes) + offset, size - offset});
+        offset += taken;
+        const std::size_t decoded = drain_layer_plaintext();
+        if (layer_->error()) break;
+        if (taken == 0 && decoded == 0) break;  // the layer takes no more input
+    }
+    drain_layer_plaintext();
+    if (const std::error_code error = layer_->error()) {
+        fail(error, where() + layer_->error_message(), true);
+        return;
+    }
+    // Reading may have produced output (handshake messages, alerts).
+    if (!write_blocked_) flush();
+}
+
+std::size_t HandleImpl::drain_layer_plaintext() {
+    std::size_t total = 0;
+    for (;;) {
+        const std::span<char> room = rbuf_.prepare(std::max<std::size_t>(read_size_, 16 * 1024));
+        const std::size_t got = layer_->read_plaintext({reinterpret_cast<std::byte*>(room.data()), room.size()});
+        rbuf_.commit(got);
+        total += got;
+        if (got < room.size()) return total;
+    }
+}
+
+void HandleImpl::end_of_input() {
+    eof_ = true;
+    if (layer_) {
+        layer_->feed_eof();
+        drain_layer_plaintext();
+        if (const std::error_code error = layer_->error()) {
+            fail(error, where() + layer_->error_message(), true);
+            return;
+        }
+    }
+    dispatch_input();
+    if (dead_ || orphaned_) return;
+    if (!rbuf_.empty() && (!readers_.empty() || on_read_.fn)) {
+        fail(errno_code(EPIPE),
+             where() + "end of file with " + std::to_string(rbuf_.size()) + " bytes of an incomplete record",
+             true);
+        return;
+    }
+    if (on_eof_.fn) invoke(on_eof_);
+    else fail(errno_code(EPIPE), where() + "end of file from the peer (and no on_eof callback)", true);
+}
+
+// ---- handing input to readers -------------------------------------------------
+
+void HandleImpl::dispatch_input() {
+    input_pending_ = false;
+    if (dispatching_) return;  // the loop below is running and sees the change
+    struct Dispatching {
+        bool& flag;
+        explicit Dispatching(bool& f) : flag(f) { flag = true; }
+        ~Dispatching() { flag = false; }
+    } dispatching(dispatching_);
+    while (!dead_ && !orphaned_) {
+        if (!readers_.empty()) {
+            if (!run_front_reader()) break;
+            continue;
+        }
+        if (!on_read_.fn || rbuf_.empty()) break;
+        const std::size_t before = rbuf_.size();
+        invoke(on_read_);
+        // on_read that took nothing waits for more input.
+        if (readers_.empty() && rbuf_.size() == before) break;
+    }
+}
+
+// Pops the front reader, consumes its record and calls it. The record stays
+// where it is in memory during the call: consume() moves no bytes.
+bool HandleImpl::deliver(std::size_t offset, std::size_t length, std::size_t consume) {
+    Reader running = readers_.pop_front();
+    const std::string_view record(rbuf_.data() + offset, length);
+    rbuf_.consume(consume);
+    running.on_record_(*owner_, record);
+    return !dead_ && !orphaned_;
+}
+
+// Runs the front reader if the input completes its record. Returns whether
+// it made progress (and the Handle is still alive).
+bool HandleImpl::run_front_reader() {
+    Reader& reader = readers_.front();
+    const std::string_view input = rbuf_.view();
+    switch (reader.kind_) {
+        case Reader::Kind::none:
+            readers_.pop_front();
+            return true;
+
+        case Reader::Kind::available:
+            return !input.empty() && deliver(0, input.size(), input.size());
+
+        case Reader::Kind::chunk:
+            return input.size() >= reader.size_ && deliver(0, reader.size_, reader.size_);
+
+        case Reader::Kind::length_prefixed: {
+            const std::size_t width = reader.size_;
+            if (input.size() < width) return false;
+            std::uint64_t length = 0;
+            for (std::size_t i = 0; i < width; ++i) length = (length << 8) | static_cast<unsigned char>(input[i]);
+            if ((reader.max_ > 0 && length > reader.max_) ||
+                length > std::numeric_limits<std::size_t>::max() - width) {
+                fail(errno_code(EMSGSIZE),
+                     where() + "length prefix announces " + std::to_string(length) +
+                         " bytes, more than max_length " + std::to_string(reader.max_),
+                     true);
+                return false;
+            }
+            if (options_.rbuf_max > 0 && width + length > options_.rbuf_max) {
+                fail(errno_code(ENOSPC),
+                     where() + "length prefix announces " + std::to_string(length) + " bytes, more than rbuf_max " +
+                         std::to_string(options_.rbuf_max),
+                     true);
+                return false;
+            }
+            if (input.size() - width < length) return false;
+            return deliver(width, static_cast<std::size_t>(length), width + static_cast<std::size_t>(length));
+        }
+
+        case Reader::Kind::line: {
+            const bool default_eol = reader.eol_.empty();
+            const std::size_t eol_size = default_eol ? 1 : reader.eol_.size();
+            std::size_t from = reader.scan_mark_ == rbuf_.consumed_total() ? reader.scan_from_ : 0;
+            from = std::min(from, input.size());
+            std::size_t end = std::string_view::npos;
+            if (default_eol) {
+                const void* hit =
+                    from < input.size() ? std::memchr(input.data() + from, '\n', input.size() - from) : nullptr;
+                if (hit != nullptr) end = static_cast<std::size_t>(static_cast<const char*>(hit) - input.data());
+            } else {
+                end = input.find(reader.eol_, from);
+            }
+            std::size_t length;
+            std::size_t consume;
+            if (end != std::string_view::npos) {
+                length = end;
+                if (default_eol && length > 0 && input[length - 1] == '\r') --length;
+                consume = end + eol_size;
+            } else if (eof_ && !input.empty()) {
+                length = consume = input.size();  // the unterminated last line
+            } else {
+                // The longest input that may still end in an acceptable line:
+                // max_length bytes plus all but the last byte of the EOL
+                // ("\r" of "\r\n" for the default).
+                const std::size_t slack = default_eol ? 1 : eol_size - 1;
+                if (reader.max_ > 0 && input.size() > reader.max_ + slack) {
+                    fail(errno_code(EMSGSIZE),
+                         where() + "line longer than max_length " + std::to_string(reader.max_) +
+                             " (no end of line in the first " + std::to_string(input.size()) + " bytes)",
+                         true);
+                    return false;
+                }
+                reader.scan_from_ = input.size() >= eol_size ? input.size() - (eol_size - 1) : 0;
+                reader.scan_mark_ = rbuf_.consumed_total();
+                return false;
+            }
+            if (reader.max_ > 0 && length > reader.max_) {
+                fail(errno_code(EMSGSIZE),
+                     where() + "line of " + std::to_string(length) + " bytes, longer than max_length " +
+                         std::to_string(reader.max_),
+                     true);
+                return false;
+            }
+            return deliver(0, length, consume);
+        }
+
+        case Reader::Kind::custom: {
+            if (input.empty() && !eof_) return false;
+            Reader running = readers_.pop_front();
+            const std::uint64_t consumed_before = rbuf_.consumed_total();
+            const bool done = running.on_input_(*owner_, rbuf_);
+            if (dead_ || orphaned_) return false;
+            if (done) return true;
+            // Not done: it stays first. Call it again only if it took bytes
+            // and some are left.
+            readers_.push_front(std::move(running));
+            return rbuf_.consumed_total() != consumed_before && !rbuf_.empty();
+        }
+    }
+    return false;
+}
+
+}  // namespace detail
+}  // namespace anyloop

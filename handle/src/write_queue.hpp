@@ -1,0 +1,73 @@
+// The output a Handle has not written yet, and the one write call that both
+// the Handle and a lingering Handle use.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace anyloop::detail {
+
+/// A chain of chunks, flushed with one writev.
+///
+///   chunks_:  [ sent | unsent ] [ unsent ......... ] [ unsent | room ]
+///              head_, offset                           last: append() copies into its room
+///
+/// A copy goes into the last chunk when it has room, else into a new chunk;
+/// a moved std::string becomes a chunk of its own (no copy). Once the queue
+/// drains, one small chunk (<= kSmallChunk) is kept for reuse, so steady
+/// small writes do not allocate and an idle queue holds well under 1 KiB.
+class WriteQueue {
+public:
+    static constexpr std::size_t kSmallChunk = 512;
+
+    [[nodiscard]] bool empty() const noexcept { return bytes_ == 0; }
+    /// Unsent bytes.
+    [[nodiscard]] std::size_t size() const noexcept { return bytes_; }
+    [[nodiscard]] std::size_t chunk_count() const noexcept { return chunks_.size() - head_; }
+
+    void append(std::string_view bytes);
+    /// Queues bytes[offset..] without copying them (tiny ones may be copied
+    /// into the last chunk's room instead).
+    void append(std::string&& bytes, std::size_t offset = 0);
+
+    /// Describes up to `max` unsent chunks, front first; returns how many.
+    std::size_t gather(iovec* iov, std::size_t max) const noexcept;
+    /// The front chunk's unsent bytes.
+    [[nodiscard]] std::string_view front() const noexcept;
+    /// Drops `bytes` sent bytes from the front.
+    void consume(std::size_t bytes) noexcept;
+    /// Drops everything and frees the memory.
+    void clear() noexcept;
+
+    /// Heap bytes held, the kept chunk included.
+    [[nodiscard]] std::size_t capacity() const noexcept;
+
+private:
+    struct Chunk {
+        std::string bytes;
+        std::size_t offset = 0;  // bytes[0..offset) were sent
+    };
+    void push_chunk(std::string&& bytes, std::size_t offset);
+
+    std::vector<Chunk> chunks_;
+    std::size_t head_ = 0;
+    std::size_t bytes_ = 0;
+    std::string spare_;
+};
+
+/// writev() / sendmsg() of `count` buffers; retries EINTR. Sockets are
+/// written with MSG_NOSIGNAL; other fds with SIGPIPE blocked for the call
+/// (and a SIGPIPE it raised discarded), so a closed peer is an EPIPE error
+/// and never kills the process. Returns bytes written or -1 with errno.
+ssize_t write_vector(int fd, bool is_socket, const iovec* iov, std::size_t count) noexcept;
+
+/// Writes as much of `queue` as the fd takes now. Returns 0, or the errno
+/// of a failed write (EAGAIN when the fd is full).
+int write_queue_to(int fd, bool is_socket, WriteQueue& queue, std::size_t* written = nullptr) noexcept;
+
+}  // namespace anyloop::detail
