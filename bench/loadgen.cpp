@@ -1,0 +1,515 @@
+// loadgen — a ping-pong load generator for echo servers.
+//
+// Each of N connections sends a message of M bytes, waits for the complete
+// echo, checks every echoed byte, and sends the next one; with a pipeline
+// depth D it keeps D messages in flight per connection. The bytes of a
+// message depend on the connection and the message's sequence number, so an
+// echo that is late, lost, duplicated or sent to the wrong connection shows
+// up as a mismatch, which ends the run with exit status 1.
+//
+// One thread and one level-triggered epoll set drive every connection.
+// After a warm-up, a measured window of fixed length yields round trips per
+// second, payload MB/s (one direction), round-trip latency percentiles and,
+// when the server's pid is given, the server's CPU time per round trip from
+// /proc/<pid>/stat (utime + stime over the window). With --count the run
+// instead does exactly K round trips and measures all of them; the callgrind
+// script uses that so two runs differ only in the number of round trips.
+// --think-us T waits T microseconds after each echo before sending the next
+// message, so that the server is always idle in its wait when a message
+// arrives (under valgrind the server would otherwise be the slow side, and
+// whether the next message is already there when it looks would vary).
+//
+// The last line on stdout is machine-readable: "RESULT key=value ...".
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cinttypes>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+struct Options {
+    std::string host = "127.0.0.1";
+    std::string port;
+    std::uint32_t connections = 1;
+    std::size_t size = 64;
+    std::uint32_t pipeline = 1;
+    double duration = 3.0;
+    double warmup = 0.5;
+    std::uint64_t count = 0;  // > 0: exactly this many round trips, no warm-up
+    std::int64_t think_ns = 0;  // pause between an echo and the next message
+    long server_pid = 0;
+    std::string label;
+    bool quiet = false;
+};
+
+[[noreturn]] void fail(const char* format, ...) __attribute__((format(printf, 1, 2)));
+void fail(const char* format, ...) {
+    std::va_list args;
+    va_start(args, format);
+    std::fputs("loadgen: ", stderr);
+    std::vfprintf(stderr, format, args);
+    std::fputc('\n', stderr);
+    va_end(args);
+    std::exit(1);
+}
+
+[[noreturn]] void usage(const char* program) {
+    std::fprintf(stderr,
+                 "usage: %s --port N [--host ADDR] [--connections N] [--size BYTES] [--pipeline D]\n"
+                 "          [--duration SECONDS] [--warmup SECONDS] [--count ROUND_TRIPS]\n"
+                 "          [--think-us MICROSECONDS] [--server-pid PID] [--label TEXT] [--quiet]\n",
+                 program);
+    std::exit(2);
+}
+
+template <typename T>
+T parse_number(const char* program, std::string_view name, std::string_view text) {
+    T value{};
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc{} || end != text.data() + text.size()) {
+        std::fprintf(stderr, "loadgen: %.*s: not a number: %.*s\n", static_cast<int>(name.size()), name.data(),
+                     static_cast<int>(text.size()), text.data());
+        usage(program);
+    }
+    return value;
+}
+
+Options parse_options(int argc, char** argv) {
+    Options options;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view name = argv[i];
+        if (name == "--quiet") {
+            options.quiet = true;
+            continue;
+        }
+        if (i + 1 >= argc) usage(argv[0]);
+        const std::string_view value = argv[++i];
+        if (name == "--host") options.host = value;
+        else if (name == "--port") options.port = value;
+        else if (name == "--connections") options.connections = parse_number<std::uint32_t>(argv[0], name, value);
+        else if (name == "--size") options.size = parse_number<std::size_t>(argv[0], name, value);
+        else if (name == "--pipeline") options.pipeline = parse_number<std::uint32_t>(argv[0], name, value);
+        else if (name == "--duration") options.duration = parse_number<double>(argv[0], name, value);
+        else if (name == "--warmup") options.warmup = parse_number<double>(argv[0], name, value);
+        else if (name == "--count") options.count = parse_number<std::uint64_t>(argv[0], name, value);
+        else if (name == "--think-us") options.think_ns = 1000 * parse_number<std::int64_t>(argv[0], name, value);
+        else if (name == "--server-pid") options.server_pid = parse_number<long>(argv[0], name, value);
+        else if (name == "--label") options.label = value;
+        else usage(argv[0]);
+    }
+    if (options.port.empty() || options.connections == 0 || options.size == 0 || options.pipeline == 0 ||
+        options.duration <= 0 || options.warmup < 0)
+        usage(argv[0]);
+    return options;
+}
+
+std::int64_t now_ns() noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// ---- message contents -------------------------------------------------------
+
+std::uint64_t mix(std::uint64_t z) noexcept {  // splitmix64's finalizer
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/// The bytes of message `sequence` on connection `connection`.
+void fill_message(unsigned char* out, std::size_t size, std::uint32_t connection, std::uint64_t sequence) noexcept {
+    std::uint64_t state = (std::uint64_t{connection} << 40) ^ sequence ^ 0x6A09E667F3BCC909ULL;
+    std::size_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+        const std::uint64_t word = mix(state += 0x9E3779B97F4A7C15ULL);
+        std::memcpy(out + i, &word, 8);
+    }
+    if (i < size) {
+        const std::uint64_t word = mix(state += 0x9E3779B97F4A7C15ULL);
+        std::memcpy(out + i, &word, size - i);
+    }
+}
+
+// ---- CPU accounting ---------------------------------------------------------
+
+/// utime + stime of a process in clock ticks, or -1 when unreadable.
+long long process_cpu_ticks(long pid) {
+    if (pid <= 0) return -1;
+    std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    // The command name (field 2) may hold spaces: fields are counted from
+    // the last ')'. Field 3 is the state; utime and stime are fields 14, 15.
+    const std::size_t close = text.rfind(')');
+    if (close == std::string::npos) return -1;
+    std::istringstream fields(text.substr(close + 1));
+    std::string field;
+    long long utime = -1;
+    long long stime = -1;
+    for (int number = 3; fields >> field && number <= 15; ++number) {
+        if (number == 14) utime = std::atoll(field.c_str());
+        if (number == 15) stime = std::atoll(field.c_str());
+    }
+    return utime < 0 || stime < 0 ? -1 : utime + stime;
+}
+
+std::int64_t own_cpu_ns() {
+    rusage usage{};
+    ::getrusage(RUSAGE_SELF, &usage);
+    const auto ns = [](const timeval& tv) { return static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + tv.tv_usec * 1000; };
+    return ns(usage.ru_utime) + ns(usage.ru_stime);
+}
+
+// ---- the generator ----------------------------------------------------------
+
+struct Connection {
+    int fd = -1;
+    std::uint32_t id = 0;
+    std::unique_ptr<unsigned char[]> slots;  // pipeline × size: messages in flight
+    std::unique_ptr<std::int64_t[]> sent_at;  // per slot: when it was queued
+    std::uint64_t queued = 0;                 // messages filled so far
+    std::uint64_t written = 0;                // messages completely written
+    std::size_t write_offset = 0;             // bytes of message `written` already written
+    std::uint64_t received = 0;               // messages completely echoed
+    std::size_t read_offset = 0;              // bytes of message `received` already echoed
+    bool watching_write = false;
+};
+
+class LoadGenerator {
+public:
+    explicit LoadGenerator(Options options) : options_(std::move(options)) {}
+
+    int run();
+
+private:
+    void connect_all();
+    void queue_message(Connection& connection, std::int64_t now);
+    void flush(Connection& connection);
+    void on_readable(Connection& connection);
+    void consume(Connection& connection, const unsigned char* data, std::size_t size, std::int64_t now);
+    void watch_write(Connection& connection, bool on);
+    void begin_window(std::int64_t now);
+    void end_window(std::int64_t now);
+    [[nodiscard]] bool may_send() const noexcept {
+        return options_.count > 0 ? issued_ < options_.count : !done_;
+    }
+    unsigned char* slot(Connection& connection, std::uint64_t sequence) const noexcept {
+        return connection.slots.get() + (sequence % options_.pipeline) * options_.size;
+    }
+    int wait(std::vector<epoll_event>& ready, std::int64_t deadline);
+    void send_due_thinkers(std::int64_t now);
+    void report() const;
+
+    Options options_;
+    int epoll_fd_ = -1;
+    std::vector<Connection> connections_;
+    std::uint64_t issued_ = 0;     // messages queued over all connections
+    std::uint64_t completed_ = 0;  // round trips completed over all connections
+    bool measuring_ = false;
+    bool done_ = false;
+
+    // The measured window.
+    std::int64_t window_start_ns_ = 0;
+    std::int64_t window_end_ns_ = 0;
+    std::uint64_t completed_at_start_ = 0;
+    std::uint64_t completed_at_end_ = 0;
+    long long server_ticks_at_start_ = -1;
+    long long server_ticks_at_end_ = -1;
+    std::int64_t client_cpu_at_start_ = 0;
+    std::int64_t client_cpu_at_end_ = 0;
+    std::vector<std::int64_t> latencies_ns_;
+    // With --think-us: connections waiting to send, in due order (the pause
+    // is the same for all, so first in is first due).
+    std::deque<std::pair<std::int64_t, std::uint32_t>> thinking_;
+};
+
+void LoadGenerator::connect_all() {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    addrinfo* address = nullptr;
+    if (const int rc = ::getaddrinfo(options_.host.c_str(), options_.port.c_str(), &hints, &address); rc != 0)
+        fail("%s:%s: %s", options_.host.c_str(), options_.port.c_str(), gai_strerror(rc));
+
+    connections_.resize(options_.connections);
+    for (std::uint32_t i = 0; i < options_.connections; ++i) {
+        Connection& connection = connections_[i];
+        connection.id = i;
+        connection.fd = ::socket(address->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connection.fd < 0) fail("socket for connection %u: %s (raise ulimit -n)", i, std::strerror(errno));
+        // A blocking connect, one at a time: the server's accept queue never
+        // overflows, whatever backlog it chose.
+        if (::connect(connection.fd, address->ai_addr, address->ai_addrlen) != 0)
+            fail("connect %u to %s:%s: %s", i, options_.host.c_str(), options_.port.c_str(), std::strerror(errno));
+        const int one = 1;
+        ::setsockopt(connection.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        ::fcntl(connection.fd, F_SETFL, ::fcntl(connection.fd, F_GETFL) | O_NONBLOCK);
+        connection.slots = std::make_unique<unsigned char[]>(options_.pipeline * options_.size);
+        connection.sent_at = std::make_unique<std::int64_t[]>(options_.pipeline);
+        epoll_event event{};
+        event.events = EPOLLIN;
+        event.data.u32 = i;
+        if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, connection.fd, &event) != 0) fail("epoll_ctl: %s", std::strerror(errno));
+    }
+    ::freeaddrinfo(address);
+}
+
+void LoadGenerator::watch_write(Connection& connection, bool on) {
+    if (connection.watching_write == on) return;
+    connection.watching_write = on;
+    epoll_event event{};
+    event.events = on ? EPOLLIN | EPOLLOUT : EPOLLIN;
+    event.data.u32 = connection.id;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, connection.fd, &event);
+}
+
+void LoadGenerator::queue_message(Connection& connection, std::int64_t now) {
+    const std::uint64_t sequence = connection.queued++;
+    fill_message(slot(connection, sequence), options_.size, connection.id, sequence);
+    connection.sent_at[sequence % options_.pipeline] = now;
+    ++issued_;
+}
+
+void LoadGenerator::flush(Connection& connection) {
+    while (connection.written < connection.queued) {
+        const unsigned char* data = slot(connection, connection.written) + connection.write_offset;
+        const std::size_t left = options_.size - connection.write_offset;
+        const ssize_t n = ::send(connection.fd, data, left, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                watch_write(connection, true);
+                return;
+            }
+            fail("send on connection %u: %s", connection.id, std::strerror(errno));
+        }
+        connection.write_offset += static_cast<std::size_t>(n);
+        if (connection.write_offset == options_.size) {
+            connection.write_offset = 0;
+            ++connection.written;
+        }
+    }
+    watch_write(connection, false);
+}
+
+void LoadGenerator::on_readable(Connection& connection) {
+    static unsigned char buffer[256 * 1024];
+    for (;;) {
+        const ssize_t n = ::read(connection.fd, buffer, sizeof buffer);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return;
+            fail("read on connection %u: %s", connection.id, std::strerror(errno));
+        }
+        if (n == 0)
+            fail("connection %u closed by the server after %" PRIu64 " round trips", connection.id,
+                 connection.received);
+        consume(connection, buffer, static_cast<std::size_t>(n), now_ns());
+        if (static_cast<std::size_t>(n) < sizeof buffer) return;
+    }
+}
+
+void LoadGenerator::consume(Connection& connection, const unsigned char* data, std::size_t size, std::int64_t now) {
+    const std::uint64_t echoed_end = connection.received * options_.size + connection.read_offset + size;
+    const std::uint64_t sent_end = connection.written * options_.size + connection.write_offset;
+    if (echoed_end > sent_end)
+        fail("connection %u: the server echoed %" PRIu64 " bytes but only %" PRIu64 " were sent", connection.id,
+             echoed_end, sent_end);
+    bool sent_more = false;
+    while (size > 0) {
+        const std::size_t take = std::min(size, options_.size - connection.read_offset);
+        const unsigned char* expected = slot(connection, connection.received) + connection.read_offset;
+        if (std::memcmp(data, expected, take) != 0) {
+            std::size_t at = 0;
+            while (data[at] == expected[at]) ++at;
+            fail("connection %u, message %" PRIu64 ", byte %zu: expected 0x%02x, echoed 0x%02x", connection.id,
+                 connection.received, connection.read_offset + at, expected[at], data[at]);
+        }
+        data += take;
+        size -= take;
+        connection.read_offset += take;
+        if (connection.read_offset < options_.size) break;
+        // A complete echo: record it, and the freed slot carries the next message.
+        connection.read_offset = 0;
+        if (measuring_) latencies_ns_.push_back(now - connection.sent_at[connection.received % options_.pipeline]);
+        ++connection.received;
+        ++completed_;
+        if (!may_send()) continue;
+        if (options_.think_ns > 0) {
+            ++issued_;  // reserved now, so --count is not overshot
+            thinking_.emplace_back(now + options_.think_ns, connection.id);
+        } else {
+            queue_message(connection, now);
+            sent_more = true;
+        }
+    }
+    if (sent_more) flush(connection);
+}
+
+// epoll_wait until `deadline` (ns, CLOCK_MONOTONIC; -1 = none). epoll_pwait2
+// takes the timeout in nanoseconds, so a --think-us pause is not rounded up
+// to a millisecond; kernels before 5.11 fall back to epoll_wait.
+int LoadGenerator::wait(std::vector<epoll_event>& ready, std::int64_t deadline) {
+    const int capacity = static_cast<int>(ready.size());
+    if (deadline < 0) return ::epoll_wait(epoll_fd_, ready.data(), capacity, -1);
+    const std::int64_t left = std::max<std::int64_t>(0, deadline - now_ns());
+    const timespec timeout{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
+    const int n = ::epoll_pwait2(epoll_fd_, ready.data(), capacity, &timeout, nullptr);
+    if (n >= 0 || errno != ENOSYS) return n;
+    return ::epoll_wait(epoll_fd_, ready.data(), capacity, static_cast<int>((left + 999'999) / 1'000'000));
+}
+
+void LoadGenerator::send_due_thinkers(std::int64_t now) {
+    while (!thinking_.empty() && thinking_.front().first <= now) {
+        Connection& connection = connections_[thinking_.front().second];
+        thinking_.pop_front();
+        --issued_;  // queue_message counts it again
+        queue_message(connection, now);
+        flush(connection);
+    }
+}
+
+void LoadGenerator::begin_window(std::int64_t now) {
+    measuring_ = true;
+    window_start_ns_ = now;
+    completed_at_start_ = completed_;
+    server_ticks_at_start_ = process_cpu_ticks(options_.server_pid);
+    client_cpu_at_start_ = own_cpu_ns();
+}
+
+void LoadGenerator::end_window(std::int64_t now) {
+    measuring_ = false;
+    done_ = true;
+    window_end_ns_ = now;
+    completed_at_end_ = completed_;
+    server_ticks_at_end_ = process_cpu_ticks(options_.server_pid);
+    client_cpu_at_end_ = own_cpu_ns();
+}
+
+int LoadGenerator::run() {
+    // 1000 connections need more than the usual 1024 descriptors.
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd_ < 0) fail("epoll_create1: %s", std::strerror(errno));
+    connect_all();
+    latencies_ns_.reserve(1 << 20);
+
+    const std::int64_t start = now_ns();
+    const bool counted = options_.count > 0;
+    const std::int64_t window_start = start + (counted ? 0 : static_cast<std::int64_t>(options_.warmup * 1e9));
+    const std::int64_t window_end = window_start + static_cast<std::int64_t>(options_.duration * 1e9);
+    if (counted || window_start == start) begin_window(start);
+
+    for (Connection& connection : connections_) {
+        for (std::uint32_t d = 0; d < options_.pipeline && may_send(); ++d) queue_message(connection, start);
+        flush(connection);
+    }
+
+    std::vector<epoll_event> ready(std::min<std::uint32_t>(options_.connections, 1024));
+    for (;;) {
+        std::int64_t deadline = counted ? -1 : measuring_ ? window_end : window_start;
+        if (!thinking_.empty() && (deadline < 0 || thinking_.front().first < deadline)) deadline = thinking_.front().first;
+        const int n = wait(ready, deadline);
+        if (n < 0 && errno != EINTR) fail("epoll_wait: %s", std::strerror(errno));
+        for (int i = 0; i < n; ++i) {
+            Connection& connection = connections_[ready[i].data.u32];
+            if (ready[i].events & EPOLLOUT) flush(connection);
+            if (ready[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(connection);
+        }
+        const std::int64_t now = now_ns();
+        send_due_thinkers(now);
+        if (counted) {
+            if (completed_ >= options_.count) {
+                end_window(now);
+                break;
+            }
+        } else if (!measuring_ && now >= window_start) {
+            begin_window(now);
+        } else if (measuring_ && now >= window_end) {
+            end_window(now);
+            break;
+        }
+    }
+    for (Connection& connection : connections_) ::close(connection.fd);
+    report();
+    return 0;
+}
+
+void LoadGenerator::report() const {
+    const double seconds = static_cast<double>(window_end_ns_ - window_start_ns_) / 1e9;
+    const std::uint64_t round_trips = completed_at_end_ - completed_at_start_;
+    const double msgs_per_s = seconds > 0 ? static_cast<double>(round_trips) / seconds : 0;
+    const double mb_per_s = msgs_per_s * static_cast<double>(options_.size) / 1e6;
+
+    std::vector<std::int64_t> sorted = latencies_ns_;
+    const auto percentile_us = [&sorted](double q) -> double {
+        if (sorted.empty()) return 0;
+        const auto index = std::min(sorted.size() - 1, static_cast<std::size_t>(q * static_cast<double>(sorted.size())));
+        std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(index), sorted.end());
+        return static_cast<double>(sorted[index]) / 1e3;
+    };
+    const double p50 = percentile_us(0.50);
+    const double p99 = percentile_us(0.99);
+
+    double server_us_per_rt = -1;
+    double server_cpu_pct = -1;
+    if (server_ticks_at_start_ >= 0 && server_ticks_at_end_ >= 0 && round_trips > 0) {
+        const double ticks_per_s = static_cast<double>(::sysconf(_SC_CLK_TCK));
+        const double server_s = static_cast<double>(server_ticks_at_end_ - server_ticks_at_start_) / ticks_per_s;
+        server_us_per_rt = server_s * 1e6 / static_cast<double>(round_trips);
+        server_cpu_pct = seconds > 0 ? 100.0 * server_s / seconds : 0;
+    }
+    const double client_cpu_pct =
+        seconds > 0 ? 100.0 * static_cast<double>(client_cpu_at_end_ - client_cpu_at_start_) / 1e9 / seconds : 0;
+
+    if (!options_.quiet) {
+        std::fprintf(stderr,
+                     "%s%s%u connections x %zu bytes, pipeline %u: %" PRIu64 " round trips in %.3f s\n"
+                     "  %.0f msgs/s, %.2f MB/s, latency p50 %.1f us, p99 %.1f us\n",
+                     options_.label.c_str(), options_.label.empty() ? "" : ": ", options_.connections, options_.size,
+                     options_.pipeline, round_trips, seconds, msgs_per_s, mb_per_s, p50, p99);
+        if (server_us_per_rt >= 0)
+            std::fprintf(stderr, "  server CPU %.3f us per round trip (%.0f%% of a core); loadgen CPU %.0f%%\n",
+                         server_us_per_rt, server_cpu_pct, client_cpu_pct);
+    }
+    std::printf("RESULT label=%s connections=%u size=%zu pipeline=%u seconds=%.3f round_trips=%" PRIu64
+                " msgs_per_s=%.0f mb_per_s=%.2f p50_us=%.1f p99_us=%.1f server_cpu_us_per_rt=%.3f"
+                " server_cpu_pct=%.1f client_cpu_pct=%.1f\n",
+                options_.label.empty() ? "-" : options_.label.c_str(), options_.connections, options_.size,
+                options_.pipeline, seconds, round_trips, msgs_per_s, mb_per_s, p50, p99, server_us_per_rt,
+                server_cpu_pct, client_cpu_pct);
+    std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return LoadGenerator(parse_options(argc, argv)).run();
+}

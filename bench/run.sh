@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# bench/run.sh — the timed echo benchmark: anyloop's echo_server on every
+# backend beside the hand-written raw servers, ping-pong load from loadgen.
+#
+# For each connections x message size (default 1x64 50x64 1000x64 50x16384)
+# and each repetition, every server runs once, pinned to CPU 0 while loadgen
+# runs pinned to CPU 1; the order of the servers alternates between
+# repetitions so that drift on a shared machine spreads over all of them.
+# Each run: warm-up, then a measured window (msgs/s, MB/s, p50/p99 latency,
+# server CPU per round trip from /proc/<pid>/stat). Tables hold medians.
+#
+# Usage: bench/run.sh [--no-build] [--reps R] [--duration S] [--warmup S]
+#                     [--scenarios "NxM ..."] [--out DIR] [--write-docs]
+#                     [--with-loop] [--report-only] [SERVER...]
+#   SERVER: anyloop-<backend>, loop-<backend> or raw-<library>; default: all
+#   anyloop and raw servers that are built (--with-loop adds loop-<backend>).
+#   --report-only: no runs; tables and chart from DIR/runs.txt as it is.
+#   --write-docs: also copy the chart to docs/performance-msgs.png and the
+#   table into docs/performance.md (between its timed-results markers).
+# Output in DIR (default build/bench/timed): runs.txt (every run),
+#   results.md (medians), msgs.dat and performance-msgs.png (the chart).
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+build=1
+reps=3
+duration=3
+warmup=0.5
+scenarios="1x64 50x64 1000x64 50x16384"
+out=$BENCH_BUILD/timed
+write_docs=0
+report_only=0
+with_loop=""
+servers=()
+while (($#)); do
+  case $1 in
+    --no-build) build=0 ;;
+    --reps) reps=$2; shift ;;
+    --duration) duration=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --scenarios) scenarios=$2; shift ;;
+    --out) out=$2; shift ;;
+    --write-docs) write_docs=1 ;;
+    --with-loop) with_loop=loop ;;
+    --report-only) report_only=1; build=0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) servers+=("$1") ;;
+  esac
+  shift
+done
+
+bench_install gnuplot-nox util-linux valgrind
+((build)) && bench_build
+mkdir -p "$out"
+((${#servers[@]})) || mapfile -t servers < <(all_servers $with_loop)
+
+# 1000 connections need more descriptors than the usual 1024, in the server
+# (which inherits this limit) and in loadgen.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (($(ulimit -n) < 2100)); then log "ulimit -n is $(ulimit -n); the 1000-connection rows may fail"; fi
+
+server_cpu=() client_cpu=()
+if (($(nproc) >= 2)); then
+  server_cpu=(taskset -c 0)
+  client_cpu=(taskset -c 1)
+else
+  log "fewer than 2 CPUs: server and loadgen are not pinned"
+fi
+
+# select() cannot watch descriptors >= FD_SETSIZE (1024): 1000 connections
+# come too close (the server's own descriptors add to them), so it sits out.
+skip_reason() {
+  local server=$1 connections=$2
+  if [[ $server == *-select ]] && ((connections >= 1000)); then
+    echo "skipped: select() is limited to FD_SETSIZE (1024) descriptors"
+  fi
+}
+
+# Keep only servers that were built.
+available=()
+for server in "${servers[@]}"; do
+  if [[ -n $(server_command "$server") ]]; then available+=("$server"); else log "$server: not built, skipped"; fi
+  environment=$(server_env "$server")
+  [[ -z $environment ]] || log "$server: libev comes before libevent in its DT_NEEDED; running with $environment"
+done
+((${#available[@]})) || { log "nothing to measure"; exit 1; }
+
+runs=$out/runs.txt
+((report_only)) || : >"$runs"
+started=$(date +%s)
+((report_only)) || for scenario in $scenarios; do
+  connections=${scenario%x*}
+  size=${scenario#*x}
+  for ((rep = 1; rep <= reps; ++rep)); do
+    order=("${available[@]}")
+    if ((rep % 2 == 0)); then
+      order=()
+      for ((i = ${#available[@]} - 1; i >= 0; --i)); do order+=("${available[$i]}"); done
+    fi
+    for server in "${order[@]}"; do
+      [[ -n $(skip_reason "$server" "$connections") ]] && continue
+      read -ra command <<<"$(server_command "$server")"
+      # shellcheck disable=SC2034  # read by start_server
+      SERVER_ENV=$(server_env "$server")
+      prefix=$out/$server.$scenario.$rep
+      if ! start_server "$prefix" "${server_cpu[@]}" "${command[@]}"; then
+        echo "server=$server scenario=$scenario rep=$rep status=no-start" >>"$runs"
+        continue
+      fi
+      status=ok
+      result=$("${client_cpu[@]}" "$BENCH_BUILD/bench/loadgen" --host "$BENCH_HOST" --port "$SERVER_PORT" \
+        --connections "$connections" --size "$size" --duration "$duration" --warmup "$warmup" \
+        --server-pid "$SERVER_PID" --label "$server" --quiet 2>"$prefix.loadgen" | grep '^RESULT') || status=loadgen-failed
+      if ! stop_server; then status+=",exit-not-0"; fi
+      [[ $status == ok ]] || log "$server $scenario rep $rep: $status $(tail -n 1 "$prefix.loadgen")"
+      echo "server=$server scenario=$scenario rep=$rep status=$status ${result#RESULT }" >>"$runs"
+      log "$server $scenario rep $rep: $(sed -n 's/.*\(msgs_per_s=[^ ]*\).*\(server_cpu_us_per_rt=[^ ]*\).*/\1 \2/p' <<<"$result")"
+    done
+  done
+done
+((report_only)) || log "timed runs took $(($(date +%s) - started)) s"
+
+# ---- medians ------------------------------------------------------------------
+
+# median SERVER SCENARIO KEY: the median of KEY over that server's good runs.
+median() {
+  awk -v head="server=$1 scenario=$2 " -v key="$3=" '
+    index($0, head) == 1 && index($0, " status=ok ") {
+      for (i = 1; i <= NF; ++i) if (index($i, key) == 1) print substr($i, length(key) + 1)
+    }' "$runs" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# fmt FORMAT VALUE: printf, leaving "-" alone.
+# shellcheck disable=SC2059  # the format is the argument
+fmt() { if [[ $2 == - ]]; then echo -; else printf "$1" "$2"; fi; }
+
+{
+  echo "Medians of $reps runs of ${duration} s (after ${warmup} s warm-up) each; server on CPU 0, loadgen on CPU 1."
+  echo "CPU/rt: the server's user+system CPU time per round trip (/proc/<pid>/stat); vs raw: anyloop ÷ the raw server of the same library (target ≤ 1.10)."
+  echo
+  echo "| N×M | server | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/rt | vs raw | target ≤ 1.10× |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+  for scenario in $scenarios; do
+    connections=${scenario%x*}
+    for server in "${available[@]}"; do
+      reason=$(skip_reason "$server" "$connections")
+      if [[ -n $reason ]]; then
+        echo "| $scenario | $server | – | – | – | – | – | | $reason |"
+        continue
+      fi
+      msgs=$(median "$server" "$scenario" msgs_per_s)
+      mb=$(median "$server" "$scenario" mb_per_s)
+      p50=$(median "$server" "$scenario" p50_us)
+      p99=$(median "$server" "$scenario" p99_us)
+      cpu=$(median "$server" "$scenario" server_cpu_us_per_rt)
+      ratio="" verdict=""
+      raw=raw-${server#*-}
+      if [[ $server == anyloop-* || $server == loop-* ]] && [[ $cpu != - && " ${available[*]} " == *" $raw "* ]]; then
+        raw_cpu=$(median "$raw" "$scenario" server_cpu_us_per_rt)
+        if [[ $raw_cpu != - ]]; then
+          ratio=$(awk -v a="$cpu" -v b="$raw_cpu" 'BEGIN { printf "%.2f", a / b }')
+          verdict=$(awk -v r="$ratio" 'BEGIN { print (r <= 1.10 ? "pass" : "**fail**") }')
+        fi
+      fi
+      [[ $msgs == - ]] && verdict="no good run (see runs.txt)"
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$scenario" "$server" "$(fmt %.0f "$msgs")" \
+        "$(fmt %.2f "$mb")" "$(fmt %.1f "$p50")" "$(fmt %.1f "$p99")" "$(fmt %.3f "$cpu")" "$ratio" "$verdict"
+    done
+  done
+} >"$out/results.md"
+cat "$out/results.md"
+
+# ---- chart --------------------------------------------------------------------
+
+{
+  echo "# index server colour $scenarios"
+  i=0
+  for server in "${available[@]}"; do
+    case $server in
+      anyloop-*) colour=$((0x3465a4)) ;;
+      loop-*) colour=$((0x73d216)) ;;
+      *) colour=$((0xf57900)) ;;
+    esac
+    line="$i $server $colour"
+    for scenario in $scenarios; do
+      v=$(median "$server" "$scenario" msgs_per_s)
+      [[ $v == - ]] && v="?"
+      line+=" $v"
+    done
+    echo "$line"
+    i=$((i + 1))
+  done
+} >"$out/msgs.dat"
+
+if command -v gnuplot >/dev/null; then
+  {
+    echo "set terminal pngcairo size 1400,1000 font 'DejaVu Sans,10'"
+    echo "set output '$out/performance-msgs.png'"
+    echo "set datafile missing '?'"
+    echo "set termoption noenhanced"
+    echo "set style fill solid 0.85 border -1"
+    echo "set boxwidth 0.7"
+    echo "set xtics rotate by -40 nomirror"
+    echo "set grid ytics"
+    echo "set yrange [0:*]"
+    echo "set ylabel 'round trips per second (median)'"
+    title="anyloop echo_server (blue)"
+    [[ " ${available[*]}" == *" loop-"* ]] && title+=", anyloop loop_echo (green)"
+    title+=", hand-written raw servers (orange): msgs/s, higher is better"
+    echo "set multiplot layout 2,2 title '$title'"
+    column=4
+    for scenario in $scenarios; do
+      echo "set title '${scenario%x*} connection(s) × ${scenario#*x} bytes'"
+      echo "plot '$out/msgs.dat' using 1:$column:3:xtic(2) with boxes lc rgb variable notitle, \\"
+      echo "     '' using 1:$column:(sprintf('%.0fk', column($column) / 1000)) with labels offset 0,0.7 font ',8' notitle"
+      column=$((column + 1))
+    done
+    echo "unset multiplot"
+  } >"$out/chart.gp"
+  gnuplot "$out/chart.gp" && log "chart: $out/performance-msgs.png"
+fi
+
+if ((write_docs)); then
+  doc=$BENCH_ROOT/docs/performance.md
+  [[ -f $out/performance-msgs.png ]] && cp "$out/performance-msgs.png" "$BENCH_ROOT/docs/performance-msgs.png"
+  if [[ -f $doc ]] && grep -q '<!-- timed-results:begin -->' "$doc"; then
+    awk -v table="$out/results.md" '
+      /<!-- timed-results:begin -->/ { print; while ((getline line < table) > 0) print line; skip = 1; next }
+      /<!-- timed-results:end -->/ { skip = 0 }
+      !skip' "$doc" >"$doc.new" && mv "$doc.new" "$doc"
+    log "updated $doc"
+  fi
+fi

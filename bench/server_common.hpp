@@ -1,0 +1,104 @@
+// bench/server_common.hpp — what every raw echo server shares with
+// examples/echo_server: the command line (--host ADDR, --port N), the
+// listening socket, and the "listening on HOST:PORT" line.
+//
+// Sharing the socket set-up keeps the comparison about the event loop: every
+// server listens the same way (SO_REUSEADDR, backlog SOMAXCONN, non-blocking)
+// and sets TCP_NODELAY on accepted sockets, as anyloop's Handle does by
+// default. Each library then accepts in its own idiomatic way.
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace bench {
+
+struct ServerOptions {
+    std::string host = "127.0.0.1";
+    std::string port = "0";  // 0 picks a free port
+};
+
+[[noreturn]] inline void die(const char* what, int error) {
+    std::fprintf(stderr, "%s: %s\n", what, std::strerror(error));
+    std::exit(1);
+}
+
+/// Parses `[--host ADDR] [--port N]`; prints usage and exits 2 on anything else.
+inline ServerOptions parse_server_options(int argc, char** argv) {
+    ServerOptions options;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if ((arg == "--host" || arg == "--port") && i + 1 < argc) {
+            (arg == "--host" ? options.host : options.port) = argv[++i];
+        } else {
+            std::fprintf(stderr, "usage: %s [--host ADDR] [--port N]\n", argv[0]);
+            std::exit(2);
+        }
+    }
+    return options;
+}
+
+/// Enables TCP_NODELAY: a small echo goes out at once, as with anyloop's Handle.
+inline void set_nodelay(int fd) noexcept {
+    const int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/// A non-blocking listening TCP socket on a numeric address; exits 1 with a
+/// message naming the address on failure.
+inline int listen_tcp(const ServerOptions& options) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    if (const int rc = ::getaddrinfo(options.host.c_str(), options.port.c_str(), &hints, &found); rc != 0) {
+        std::fprintf(stderr, "listen on %s:%s: %s\n", options.host.c_str(), options.port.c_str(), gai_strerror(rc));
+        std::exit(1);
+    }
+    const int fd = ::socket(found->ai_family, found->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket", errno);
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd, found->ai_addr, found->ai_addrlen) != 0 || ::listen(fd, SOMAXCONN) != 0) {
+        const int error = errno;
+        std::fprintf(stderr, "listen on %s:%s: %s\n", options.host.c_str(), options.port.c_str(), std::strerror(error));
+        std::exit(1);
+    }
+    ::freeaddrinfo(found);
+    return fd;
+}
+
+/// Prints exactly "listening on HOST:PORT" (the bound address) and flushes.
+inline void announce_listening(int listen_fd) {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    ::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&address), &length);
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (address.ss_family == AF_INET6) {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&address);
+        ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        port = ntohs(in6->sin6_port);
+    } else {
+        const auto* in4 = reinterpret_cast<const sockaddr_in*>(&address);
+        ::inet_ntop(AF_INET, &in4->sin_addr, host, sizeof host);
+        port = ntohs(in4->sin_port);
+    }
+    std::printf("listening on %s:%u\n", host, port);
+    std::fflush(stdout);
+}
+
+}  // namespace bench
