@@ -97,14 +97,9 @@ int main(int argc, char** argv) {
     const bench::ServerOptions options = bench::parse_server_options(argc, argv);
     const int listen_fd = bench::listen_tcp(options);
 
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    ::sigprocmask(SIG_BLOCK, &stop_signals, nullptr);
-    const int signal_fd = ::signalfd(-1, &stop_signals, SFD_NONBLOCK | SFD_CLOEXEC);
+    const int signal_fd = bench::stop_signal_fd();
     const int epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
-    if (signal_fd < 0 || epoll_fd < 0) bench::die("signalfd/epoll_create1", errno);
+    if (epoll_fd < 0) bench::die("epoll_create1", errno);
 
     epoll_event event{};
     event.events = EPOLLIN;

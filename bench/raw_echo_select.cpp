@@ -101,13 +101,7 @@ int main(int argc, char** argv) {
     const bench::ServerOptions options = bench::parse_server_options(argc, argv);
     const int listen_fd = bench::listen_tcp(options);
 
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    ::sigprocmask(SIG_BLOCK, &stop_signals, nullptr);
-    const int signal_fd = ::signalfd(-1, &stop_signals, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (signal_fd < 0) bench::die("signalfd", errno);
+    const int signal_fd = bench::stop_signal_fd();
 
     FD_ZERO(&want_read);
     FD_ZERO(&want_write);

@@ -13,10 +13,12 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -99,6 +101,19 @@ inline void announce_listening(int listen_fd) {
     }
     std::printf("listening on %s:%u\n", host, port);
     std::fflush(stdout);
+}
+
+/// Blocks SIGTERM and SIGINT and returns a non-blocking signalfd that
+/// reports them, for the servers that multiplex it beside their sockets.
+inline int stop_signal_fd() {
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    ::sigprocmask(SIG_BLOCK, &stop_signals, nullptr);
+    const int fd = ::signalfd(-1, &stop_signals, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd < 0) die("signalfd", errno);
+    return fd;
 }
 
 }  // namespace bench
