@@ -16,13 +16,7 @@
 //    (I/O, the timer, signals, the post() wake-up) is therefore deferred to
 //    the end of the iteration, which is what bounds one run_once(). When the
 //    host drives the io_context, re-arms happen at once, as Asio code does.
-// GCC 12+ warns under -fsanitize=thread that TSan does not model
-// std::atomic_thread_fence, which Asio's handler completion uses
-// (asio/detail/std_fenced_block.hpp). The fences are Asio's, inlined into this
-// file; silence that one warning here (before any include pulls in <atomic>).
-#if defined(__SANITIZE_THREAD__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-#pragma GCC diagnostic ignored "-Wtsan"
-#endif
+
 #include <anyloop/backends/asio.hpp>
 
 #include <asio/executor_work_guard.hpp>
@@ -36,6 +30,7 @@
 
 #include <csignal>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -92,7 +87,9 @@ struct SignalEntry {
     bool waiting = false;
 };
 
-constexpr Io direction_bit(int direction) noexcept { return direction == 0 ? Io::read : Io::write; }
+constexpr Io direction_bit(int direction) noexcept {
+    return direction == 0 ? Io::read : Io::write;
+}
 
 class AsioLoop final : public EventLoop {
 public:
@@ -273,8 +270,8 @@ private:
         const Io wanted = port->node->events;
         for (int direction = 0; direction < 2; ++direction) {
             if (!has(wanted, direction_bit(direction)) || port->waiting[direction]) continue;
-            const auto type = direction == 0 ? asio::posix::stream_descriptor::wait_read
-                                             : asio::posix::stream_descriptor::wait_write;
+            const auto type =
+                direction == 0 ? asio::posix::stream_descriptor::wait_read : asio::posix::stream_descriptor::wait_write;
             port->descriptor->async_wait(
                 type, [port, direction, generation = port->generation](const asio::error_code& error) noexcept {
                     if (AsioLoop* loop = port->link->loop) loop->on_io(port, direction, generation, error);
@@ -288,8 +285,10 @@ private:
     void timers_changed() override { request_timer_arm(); }
 
     void request_timer_arm() {
-        if (in_iterate_) timer_deferred_ = true;
-        else arm_timer();
+        if (in_iterate_)
+            timer_deferred_ = true;
+        else
+            arm_timer();
     }
 
     // Keeps exactly one wait outstanding, for next_deadline(), and none
@@ -353,8 +352,10 @@ private:
     }
 
     void request_signal_arm() {
-        if (in_iterate_) signal_deferred_ = true;
-        else arm_signals();
+        if (in_iterate_)
+            signal_deferred_ = true;
+        else
+            arm_signals();
     }
 
     void arm_signals() {
@@ -382,8 +383,10 @@ private:
         // Outstanding waits keep an io_context running by themselves; this
         // covers the rest of what keeps anyloop alive (ref(), a watcher with
         // no events), so that run_one() blocks and a host's run() goes on.
-        if (alive) keepalive_.emplace(ctx_.get_executor());
-        else keepalive_.reset();
+        if (alive)
+            keepalive_.emplace(ctx_.get_executor());
+        else
+            keepalive_.reset();
     }
 
     void break_iteration() noexcept override {
@@ -454,8 +457,12 @@ private:
 
 }  // namespace
 
-std::unique_ptr<EventLoop> make_asio_loop() { return std::make_unique<AsioLoop>(); }
+std::unique_ptr<EventLoop> make_asio_loop() {
+    return std::make_unique<AsioLoop>();
+}
 
-std::unique_ptr<EventLoop> make_asio_loop(asio::io_context& host) { return std::make_unique<AsioLoop>(host); }
+std::unique_ptr<EventLoop> make_asio_loop(asio::io_context& host) {
+    return std::make_unique<AsioLoop>(host);
+}
 
 }  // namespace anyloop

@@ -198,21 +198,37 @@ private:
             throw std::system_error(errno, std::generic_category(), "epoll_wait");
         }
         // Before the first callback, by_fd_ matches the kernel's set exactly,
-        // so a token without a live watcher can only be an orphaned registration.
-        bool orphan = false;
-        for (int i = 0; i < n; ++i) {
-            const std::uint64_t token = events_[static_cast<std::size_t>(i)].data.u64;
-            if (token != wake_token && live_node(token) == nullptr) orphan = true;
+        // so a token without a live watcher can only be an orphaned
+        // registration: rebuilt at once. After a callback, a token may also
+        // have gone stale because that callback stopped, paused or restarted
+        // its watcher (looked up again per event for that reason), so an
+        // unknown token there is ambiguous: the next batch is checked in
+        // full before any callback (an orphan, level-triggered, is reported
+        // again; a stopped watcher is not).
+        if (prescan_next_) {
+            prescan_next_ = false;
+            bool orphan = false;
+            for (int i = 0; i < n; ++i) {
+                const std::uint64_t token = events_[static_cast<std::size_t>(i)].data.u64;
+                if (token != wake_token && live_node(token) == nullptr) orphan = true;
+            }
+            if (orphan) rebuild();
         }
-        if (orphan) rebuild();
-        // Looked up again per event: a watcher stopped, paused or restarted by
-        // an earlier callback of this batch no longer matches its old token.
+        bool dispatched = false;
+        bool rebuilt = false;
         for (int i = 0; i < n; ++i) {
             const epoll_event& event = events_[static_cast<std::size_t>(i)];
-            if (event.data.u64 == wake_token)
+            if (event.data.u64 == wake_token) {
                 wake_fd_ready();
-            else if (EpollNode* node = live_node(event.data.u64))
+            } else if (EpollNode* node = live_node(event.data.u64)) {
+                dispatched = true;
                 dispatch_io(node, to_io(event.events));
+            } else if (!dispatched) {
+                if (!rebuilt) rebuild();  // keeps tokens: the rest of this batch still dispatches
+                rebuilt = true;
+            } else {
+                prescan_next_ = true;
+            }
         }
         if (!always_ready_.empty()) {
             // A copy, since callbacks may start and stop these; nodes released
@@ -242,6 +258,7 @@ private:
 
     int epoll_fd_;
     std::uint32_t generation_ = 0;
+    bool prescan_next_ = false;  // check the next batch for orphans before dispatching
     std::vector<epoll_event> events_;
     std::vector<EpollNode*> by_fd_;         // the active watcher of each fd
     std::vector<EpollNode*> always_ready_;  // active watchers of fds epoll refused

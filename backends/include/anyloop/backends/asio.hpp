@@ -63,7 +63,8 @@ std::unique_ptr<EventLoop> make_asio_loop();
 /// returning until it completes or the watcher stops.
 ///
 /// Iterations, in Asio's terms: the host's run_one() runs one handler, which
-/// is one dispatch of one anyloop watcher (or one batch of posted functions).
+/// is one dispatch of one anyloop watcher, one batch of posted functions, or
+/// the leftover of a wait anyloop cancelled (which does nothing).
 /// The host's poll() runs handlers until none is ready; since a watcher whose
 /// fd stays ready is re-armed after each callback, poll() keeps calling it
 /// until the fd is drained or the watcher stops, as it would for any Asio
