@@ -63,7 +63,7 @@ int listen_on(const std::string& host, const std::string& port, std::uint16_t& b
     const int fd = ::socket(address->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     const int on = 1;
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    if (fd < 0 || ::bind(fd, address->ai_addr, address->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+    if (fd < 0 || ::bind(fd, address->ai_addr, address->ai_addrlen) != 0 || ::listen(fd, SOMAXCONN) != 0) {
         const std::string reason = std::strerror(errno);
         ::freeaddrinfo(address);
         throw std::runtime_error("cannot listen on " + host + " port " + port + ": " + reason);
@@ -104,7 +104,7 @@ int main(int argc, char** argv) try {
             // stop reading from it once 1 MiB of echo waits for it.
             auto handle = std::make_unique<Handle>(*loop, fd, HandleOptions{.high_water_mark = 1 << 20});
             handle->on_read([](Handle& h) {
-                h.push_write(h.read_buffer().view());  // usually written at once, without a copy
+                h.push_write(h.read_buffer().view());  // queued, then flushed with one send
                 h.read_buffer().clear();
             });
             handle->on_eof([&](Handle& h) {
