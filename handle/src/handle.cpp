@@ -74,10 +74,6 @@ void HandleImpl::apply_socket_option(int level, int name, bool on) noexcept {
 
 std::string HandleImpl::where() const { return "fd " + std::to_string(fd_) + ": "; }
 
-bool HandleImpl::reading_wanted() const noexcept {
-    if (dead_ || eof_ || user_paused_ || hwm_paused_) return false;
-    return on_read_.fn || !readers_.empty() || (layer_ && layer_->wants_input());
-}
 
 void HandleImpl::orphan() noexcept {
     orphaned_ = true;
@@ -106,10 +102,7 @@ void HandleImpl::input_changed() {
         if (!rbuf_.empty()) input_pending_ = true;
         return;
     }
-    if (!rbuf_.empty()) {
-        DepthGuard guard(*this);
-        dispatch_input();
-    }
+    if (!rbuf_.empty()) entered([&] { dispatch_input(); });
     settle();
 }
 
@@ -131,22 +124,13 @@ void HandleImpl::set_paused(bool paused) {
     interest_changed();
 }
 
-void HandleImpl::update_backpressure() noexcept {
-    const std::size_t queued = queue_.size() + plain_.size();
-    const std::size_t high = options_.high_water_mark;
-    if (high == 0) hwm_paused_ = false;
-    else if (queued >= high) hwm_paused_ = true;
-    else if (queued <= options_.low_water_mark) hwm_paused_ = false;
-}
-
 void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
     if (!layer) throw std::invalid_argument("Handle::set_layer: null layer");
     if (layer_) throw std::logic_error("Handle::set_layer: " + where() + "a layer is installed already");
     if (dead_) return;
     layer_ = std::move(layer);
     const bool nested = depth_ > 0;
-    {
-        DepthGuard guard(*this);
+    entered([&] {
         // Unread input arrived after the switch: it is the layer's.
         if (!rbuf_.empty()) {
             rbuf_.settle(0);
@@ -157,7 +141,7 @@ void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
         // A client layer may have its first message ready.
         if (!nested && !dead_) flush();
         if (!rbuf_.empty()) input_pending_ = true;
-    }
+    });
     settle();
 }
 

@@ -4,7 +4,7 @@
 //
 // Re-entrancy is managed with one counter, depth_: every entry into the
 // Handle (a loop callback, or a public call) holds a DepthGuard while it
-// works, and the outermost entry finishes with settle(), which flushes
+// works (through entered()), and the outermost entry finishes with settle(), which flushes
 // output gathered meanwhile, runs on_drain, applies the read/write interest
 // and, if the Handle was destroyed meanwhile, lingers or frees the state.
 // Code that ran a user callback checks dead_ / orphaned_ before touching
@@ -25,17 +25,31 @@
 
 namespace anyloop::detail {
 
-/// A user callback. While it runs it is moved out of the slot, so a
-/// callback that replaces itself or destroys its Handle never destroys the
-/// closure that is running; `version` tells whether the slot was set (or
-/// cleared) meanwhile, in which case the running closure is not put back.
+/// A user callback. While it runs it stays where it is (`running`), and
+/// set() parks a replacement (or the release) in `next` until the call
+/// returns, so a callback that replaces itself or destroys its Handle never
+/// destroys the closure that is running, and calling costs no moves.
+/// ready() is what a test of the slot means: whether a call would run
+/// something (a running callback that was not replaced counts as unset).
+/// `version` tells whether the slot was set meanwhile.
 template <typename Fn>
 struct CallbackSlot {
     Fn fn;
+    Fn next;                // set() during the call: installed when it returns
     unsigned version = 0;
+    bool running = false;
+    bool replaced = false;  // `next` holds what set() gave during the call
     void set(Fn callback) {
-        fn = std::move(callback);
         ++version;
+        if (running) {
+            next = std::move(callback);
+            replaced = true;
+        } else {
+            fn = std::move(callback);
+        }
+    }
+    [[nodiscard]] bool ready() const noexcept {
+        return running ? replaced && static_cast<bool>(next) : static_cast<bool>(fn);
     }
 };
 
@@ -83,7 +97,7 @@ public:
     ReadBuffer rbuf_;
     ReaderQueue readers_;
     WriteQueue queue_;   // bytes for the socket
-    WriteQueue plain_;   // with a layer: plaintext the layer has not taken yet
+    WriteQueue plain_{false};  // with a layer: plaintext the layer has not taken yet, piece by piece
     std::unique_ptr<StreamLayer> layer_;
     IoWatcher io_;       // created on first use
     TimerWatcher timer_; // the one timeout timer; created with the Handle
@@ -147,42 +161,91 @@ public:
 
     template <typename Fn, typename... Args>
     void invoke(CallbackSlot<Fn>& slot, Args&&... args);
+    template <typename Body>
+    void entered(Body&& body);
 };
 
-/// Counts an entry into the Handle. On the normal path the entry calls
-/// settle() after the guard's scope; when an exception from a user callback
-/// unwinds the outermost entry, the guard finishes what must not be lost
-/// (freeing an orphaned state, keeping the interest right) without running
-/// any callback.
+/// Counts an entry into the Handle for the duration of a scope. Entries
+/// hold it through HandleImpl::entered(), which also deals with exceptions.
 class DepthGuard {
 public:
-    explicit DepthGuard(HandleImpl& handle) noexcept : handle_(handle), exceptions_(std::uncaught_exceptions()) {
-        ++handle_.depth_;
-    }
-    ~DepthGuard() {
-        if (--handle_.depth_ == 0 && std::uncaught_exceptions() > exceptions_) handle_.unwound();
-    }
+    explicit DepthGuard(HandleImpl& handle) noexcept : handle_(handle) { ++handle_.depth_; }
+    ~DepthGuard() { --handle_.depth_; }
     DepthGuard(const DepthGuard&) = delete;
     DepthGuard& operator=(const DepthGuard&) = delete;
 
 private:
     HandleImpl& handle_;
-    int exceptions_;
 };
+
+/// Runs `body` as an entry into the Handle (depth_ counted). On the normal
+/// path the caller calls settle() afterwards; when an exception from a user
+/// callback unwinds the outermost entry, what must not be lost is finished
+/// here (freeing an orphaned state, keeping the interest right) without
+/// running any callback, and the exception goes on. The try block costs
+/// nothing on the normal path (table-driven unwinding), unlike asking
+/// std::uncaught_exceptions() at every entry.
+template <typename Body>
+void HandleImpl::entered(Body&& body) {
+    try {
+        DepthGuard guard(*this);
+        body();
+    } catch (...) {
+        if (depth_ == 0) unwound();
+        throw;
+    }
+}
+
+inline bool HandleImpl::reading_wanted() const noexcept {
+    if (dead_ || eof_ || user_paused_ || hwm_paused_) return false;
+    return on_read_.ready() || !readers_.empty() || (layer_ && layer_->wants_input());
+}
+
+inline void HandleImpl::update_backpressure() noexcept {
+    const std::size_t high = options_.high_water_mark;
+    if (high == 0) {
+        hwm_paused_ = false;
+        return;
+    }
+    const std::size_t queued = queue_.size() + plain_.size();
+    if (queued >= high) hwm_paused_ = true;
+    else if (queued <= options_.low_water_mark) hwm_paused_ = false;
+}
 
 template <typename Fn, typename... Args>
 void HandleImpl::invoke(CallbackSlot<Fn>& slot, Args&&... args) {
-    if (!slot.fn || orphaned_) return;
-    struct PutBack {
+    if (orphaned_ || !slot.ready()) return;
+    if (slot.running) {
+        // Called again from inside its own call, after it was replaced
+        // there: the replacement runs, moved out of `next` meanwhile, and
+        // goes back unless the slot was set again.
+        struct PutBack {
+            CallbackSlot<Fn>& slot;
+            Fn running;
+            unsigned version;
+            ~PutBack() {
+                if (slot.version == version) slot.next = std::move(running);
+            }
+        } guard{slot, std::move(slot.next), slot.version};
+        slot.next = nullptr;
+        guard.running(*owner_, std::forward<Args>(args)...);
+        return;
+    }
+    struct Finish {
         CallbackSlot<Fn>& slot;
-        Fn running;
-        unsigned version;
-        ~PutBack() {
-            if (slot.version == version) slot.fn = std::move(running);
+        ~Finish() {
+            slot.running = false;
+            if (!slot.replaced) return;
+            slot.replaced = false;
+            // The finished closure dies last, once the slot is consistent:
+            // its destructor may come back to the Handle.
+            Fn finished = std::move(slot.fn);
+            slot.fn = std::move(slot.next);
+            slot.next = nullptr;
         }
-    } guard{slot, std::move(slot.fn), slot.version};
-    slot.fn = nullptr;
-    guard.running(*owner_, std::forward<Args>(args)...);
+    } finish{slot};
+    slot.running = true;
+    slot.fn(*owner_, std::forward<Args>(args)...);
 }
 
 /// Writes what a destroyed Handle still had queued, for up to `linger`,

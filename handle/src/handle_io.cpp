@@ -41,29 +41,24 @@ std::string seconds_text(Duration duration) {
 // ---- loop entry points ----------------------------------------------------
 
 void HandleImpl::on_io(Io revents) {
-    {
-        DepthGuard guard(*this);
+    entered([&] {
         if (has(revents, Io::write) && !dead_) {
             write_blocked_ = false;
             flush();
         }
         if (has(revents, Io::read) && !dead_ && !orphaned_ && reading_wanted()) read_ready();
-    }
+    });
     settle();
 }
 
 void HandleImpl::on_timer() {
-    {
-        DepthGuard guard(*this);
-        check_timeouts();
-    }
+    entered([&] { check_timeouts(); });
     settle();
 }
 
 void HandleImpl::settle() {
     if (depth_ > 0) return;
-    if (!orphaned_ && !dead_) {
-        DepthGuard guard(*this);
+    if (!orphaned_ && !dead_) entered([&] {
         for (int round = 0; round < kSettleRounds && !dead_ && !orphaned_; ++round) {
             if (input_pending_) {
                 dispatch_input();
@@ -73,7 +68,7 @@ void HandleImpl::settle() {
                 flush();
             if (drain_due_ && !dead_ && !orphaned_) {
                 drain_due_ = false;
-                if (on_drain_.fn) {
+                if (on_drain_.ready()) {
                     invoke(on_drain_);
                     continue;
                 }
@@ -81,7 +76,7 @@ void HandleImpl::settle() {
             break;
         }
         if (!dead_ && !orphaned_) update_interest();
-    }
+    });
     if (orphaned_) {
         finish_orphan();  // frees this
         return;
@@ -111,8 +106,7 @@ void HandleImpl::push_write(std::string_view bytes, std::string* owned) {
         throw std::logic_error("Handle::push_write after push_shutdown (" + where() + "the write side is closed)");
     if (bytes.empty()) return;
     const bool nested = depth_ > 0;
-    {
-        DepthGuard guard(*this);
+    entered([&] {
         if (layer_) {
             if (owned != nullptr) plain_.append(std::move(*owned));
             else plain_.append(bytes);
@@ -128,10 +122,10 @@ void HandleImpl::push_write(std::string_view bytes, std::string* owned) {
         }
         if (!dead_) {
             update_backpressure();
-            check_wbuf_max();
+            if (options_.wbuf_max > 0) check_wbuf_max();
         }
-    }
-    settle();
+    });
+    if (!nested) settle();  // nested: the outermost entry settles
 }
 
 // Writes the queue and then `bytes` (not queued yet) with one writev, and
@@ -174,6 +168,27 @@ void HandleImpl::write_now(std::string_view bytes, std::string* owned) {
 // Moves output toward the socket as far as it goes now: plaintext into the
 // layer, the layer's output into the queue, the queue into the fd.
 void HandleImpl::flush() {
+    if (!layer_ && is_socket_ && queue_.flat_only() && !queue_.empty() && !dead_) {
+        // The common case (small writes gathered by a callback): one send.
+        const std::string_view bytes = queue_.flat_bytes();
+        ssize_t n;
+        do {
+            n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                const int error = errno;
+                fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+                return;
+            }
+            n = 0;
+        }
+        const auto written = static_cast<std::size_t>(n);
+        if (written < bytes.size()) write_blocked_ = true;
+        queue_.consume_flat(written);
+        after_write(written);
+        return;
+    }
     std::size_t written = 0;
     for (int round = 0; round < 8 && !dead_; ++round) {
         const bool layer_moved = layer_ && pump_layer();
@@ -243,10 +258,7 @@ void HandleImpl::push_shutdown() {
     if (dead_ || shutdown_requested_) return;
     shutdown_requested_ = true;
     const bool nested = depth_ > 0;
-    if (!nested && !write_blocked_) {
-        DepthGuard guard(*this);
-        flush();
-    }
+    if (!nested && !write_blocked_) entered([&] { flush(); });
     settle();
 }
 
@@ -326,7 +338,7 @@ void HandleImpl::check_timeouts() {
 }
 
 void HandleImpl::fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* what, Duration limit) {
-    if (slot.fn) invoke(slot);
+    if (slot.ready()) invoke(slot);
     else fail(errno_code(ETIMEDOUT), where() + what + " " + seconds_text(limit), false);
 }
 
@@ -335,7 +347,7 @@ void HandleImpl::fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* 
 void HandleImpl::fail(std::error_code error, const std::string& message, bool fatal) {
     if (dead_) return;
     if (fatal) dead_ = true;  // nothing else runs; the fd stays open for on_error to inspect
-    const bool reported = on_error_.fn && !orphaned_;
+    const bool reported = on_error_.ready() && !orphaned_;
     if (reported) invoke(on_error_, error, message, fatal);
     // A non-fatal error nobody hears about cannot be handled: close.
     if (fatal || !reported) close_now();

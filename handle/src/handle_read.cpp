@@ -201,7 +201,8 @@ std::size_t HandleImpl::drain_layer_plaintext() {
         const std::size_t got = layer_->read_plaintext({reinterpret_cast<std::byte*>(room.data()), room.size()});
         rbuf_.commit(got);
         total += got;
-        if (got < room.size()) return total;
+        // An empty room (rbuf_max reached) ends the loop too: nothing more fits.
+        if (room.empty() || got < room.size()) return total;
     }
 }
 
@@ -217,13 +218,13 @@ void HandleImpl::end_of_input() {
     }
     dispatch_input();
     if (dead_ || orphaned_) return;
-    if (!rbuf_.empty() && (!readers_.empty() || on_read_.fn)) {
+    if (!rbuf_.empty() && (!readers_.empty() || on_read_.ready())) {
         fail(errno_code(EPIPE),
              where() + "end of file with " + std::to_string(rbuf_.size()) + " bytes of an incomplete record",
              true);
         return;
     }
-    if (on_eof_.fn) invoke(on_eof_);
+    if (on_eof_.ready()) invoke(on_eof_);
     else fail(errno_code(EPIPE), where() + "end of file from the peer (and no on_eof callback)", true);
 }
 
@@ -242,7 +243,7 @@ void HandleImpl::dispatch_input() {
             if (!run_front_reader()) break;
             continue;
         }
-        if (!on_read_.fn || rbuf_.empty()) break;
+        if (!on_read_.ready() || rbuf_.empty()) break;
         const std::size_t before = rbuf_.size();
         invoke(on_read_);
         // on_read that took nothing waits for more input.

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <ctime>
 
 namespace anyloop::detail {
@@ -19,7 +20,7 @@ bool on_heap(const std::string& s) noexcept { return s.capacity() > std::string(
 
 }  // namespace
 
-void WriteQueue::append(std::string_view bytes) {
+void WriteQueue::append_chunk(std::string_view bytes) {
     if (bytes.empty()) return;
     if (head_ < chunks_.size()) {
         std::string& last = chunks_.back().bytes;
@@ -48,6 +49,7 @@ void WriteQueue::append(std::string_view bytes) {
 void WriteQueue::append(std::string&& bytes, std::size_t offset) {
     if (offset >= bytes.size()) return;
     const std::size_t length = bytes.size() - offset;
+    if (length <= 64 && append_flat(std::string_view(bytes).substr(offset))) return;
     if (length <= 64 && head_ < chunks_.size()) {
         const std::string& last = chunks_.back().bytes;
         if (last.capacity() - last.size() >= length) {
@@ -71,6 +73,11 @@ void WriteQueue::push_chunk(std::string&& bytes, std::size_t offset) {
 
 std::size_t WriteQueue::gather(iovec* iov, std::size_t max) const noexcept {
     std::size_t count = 0;
+    if (flat_end_ > flat_begin_ && max > 0) {
+        iov[0].iov_base = const_cast<char*>(flat_ + flat_begin_);
+        iov[0].iov_len = flat_end_ - flat_begin_;
+        count = 1;
+    }
     for (std::size_t i = head_; i < chunks_.size() && count < max; ++i, ++count) {
         const Chunk& chunk = chunks_[i];
         iov[count].iov_base = const_cast<char*>(chunk.bytes.data() + chunk.offset);
@@ -80,6 +87,7 @@ std::size_t WriteQueue::gather(iovec* iov, std::size_t max) const noexcept {
 }
 
 std::string_view WriteQueue::front() const noexcept {
+    if (flat_end_ > flat_begin_) return {flat_ + flat_begin_, flat_end_ - flat_begin_};
     if (head_ >= chunks_.size()) return {};
     const Chunk& chunk = chunks_[head_];
     return std::string_view(chunk.bytes).substr(chunk.offset);
@@ -87,6 +95,16 @@ std::string_view WriteQueue::front() const noexcept {
 
 void WriteQueue::consume(std::size_t bytes) noexcept {
     bytes_ -= bytes;
+    if (flat_end_ > flat_begin_) {
+        const std::size_t left = flat_end_ - flat_begin_;
+        if (bytes < left) {
+            flat_begin_ += bytes;
+            return;
+        }
+        bytes -= left;
+        flat_begin_ = flat_end_ = 0;
+        if (bytes == 0) return;
+    }
     while (bytes > 0 && head_ < chunks_.size()) {
         Chunk& chunk = chunks_[head_];
         const std::size_t left = chunk.bytes.size() - chunk.offset;
@@ -114,6 +132,7 @@ void WriteQueue::clear() noexcept {
     head_ = 0;
     bytes_ = 0;
     spare_ = std::string();
+    flat_begin_ = flat_end_ = 0;
 }
 
 std::size_t WriteQueue::capacity() const noexcept {
@@ -126,6 +145,12 @@ std::size_t WriteQueue::capacity() const noexcept {
 
 ssize_t write_vector(int fd, bool is_socket, const iovec* iov, std::size_t count) noexcept {
     if (is_socket) {
+        if (count == 1) {
+            for (;;) {
+                const ssize_t n = ::send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+                if (n >= 0 || errno != EINTR) return n;
+            }
+        }
         msghdr message{};
         message.msg_iov = const_cast<iovec*>(iov);
         message.msg_iovlen = count;
@@ -160,6 +185,17 @@ ssize_t write_vector(int fd, bool is_socket, const iovec* iov, std::size_t count
 }
 
 int write_queue_to(int fd, bool is_socket, WriteQueue& queue, std::size_t* written) noexcept {
+    if (queue.empty()) return 0;
+    if (queue.flat_only()) {
+        // The common case: one flat piece, one send.
+        const std::string_view bytes = queue.front();
+        const iovec one{const_cast<char*>(bytes.data()), bytes.size()};
+        const ssize_t n = write_vector(fd, is_socket, &one, 1);
+        if (n < 0) return errno == EWOULDBLOCK ? EAGAIN : errno;
+        queue.consume(static_cast<std::size_t>(n));
+        if (written != nullptr) *written += static_cast<std::size_t>(n);
+        return static_cast<std::size_t>(n) < bytes.size() ? EAGAIN : 0;
+    }
     iovec iov[kMaxIov];
     while (!queue.empty()) {
         const std::size_t count = queue.gather(iov, kMaxIov);

@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 
 #include <cstddef>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,20 +18,38 @@ namespace anyloop::detail {
 ///   chunks_:  [ sent | unsent ] [ unsent ......... ] [ unsent | room ]
 ///              head_, offset                           last: append() copies into its room
 ///
-/// A copy goes into the last chunk when it has room, else into a new chunk;
-/// a moved std::string becomes a chunk of its own (no copy). Once the queue
-/// drains, one small chunk (<= kSmallChunk) is kept for reuse, so steady
-/// small writes do not allocate and an idle queue holds well under 1 KiB.
+/// Small copies made while no chunk is queued go into `flat_`, a buffer
+/// inside the queue itself: append is a memcpy, and the whole of it is one
+/// iovec. The flat bytes, when there are any, always come first (nothing
+/// goes into `flat_` once a chunk is queued behind it).
+///
+/// Otherwise a copy goes into the last chunk when it has room, else into a
+/// new chunk; a moved std::string becomes a chunk of its own (no copy).
+/// Once the queue drains, one small chunk (<= kSmallChunk) is kept for
+/// reuse, so steady small writes do not allocate and an idle queue holds
+/// well under 1 KiB.
 class WriteQueue {
 public:
     static constexpr std::size_t kSmallChunk = 512;
+    /// Size of the inline buffer for small copies.
+    static constexpr std::size_t kFlat = 512;
+
+    WriteQueue() noexcept = default;
+    /// `use_flat` false: every piece stays a chunk of its own as appended
+    /// (a layer is offered plaintext piece by piece).
+    explicit WriteQueue(bool use_flat) noexcept : use_flat_(use_flat) {}
 
     [[nodiscard]] bool empty() const noexcept { return bytes_ == 0; }
     /// Unsent bytes.
     [[nodiscard]] std::size_t size() const noexcept { return bytes_; }
-    [[nodiscard]] std::size_t chunk_count() const noexcept { return chunks_.size() - head_; }
+    /// Pieces gather() describes (the flat buffer counts as one).
+    [[nodiscard]] std::size_t chunk_count() const noexcept {
+        return (flat_end_ > flat_begin_ ? 1 : 0) + chunks_.size() - head_;
+    }
 
-    void append(std::string_view bytes);
+    void append(std::string_view bytes) {
+        if (!append_flat(bytes)) append_chunk(bytes);
+    }
     /// Queues bytes[offset..] without copying them (tiny ones may be copied
     /// into the last chunk's room instead).
     void append(std::string&& bytes, std::size_t offset = 0);
@@ -41,6 +60,17 @@ public:
     [[nodiscard]] std::string_view front() const noexcept;
     /// Drops `bytes` sent bytes from the front.
     void consume(std::size_t bytes) noexcept;
+    /// Whether every unsent byte is in the flat buffer (no chunk queued).
+    [[nodiscard]] bool flat_only() const noexcept { return head_ == chunks_.size(); }
+    /// With flat_only(): the unsent bytes, and dropping `bytes` of them.
+    [[nodiscard]] std::string_view flat_bytes() const noexcept {
+        return {flat_ + flat_begin_, flat_end_ - flat_begin_};
+    }
+    void consume_flat(std::size_t bytes) noexcept {
+        bytes_ -= bytes;
+        flat_begin_ += bytes;
+        if (flat_begin_ == flat_end_) flat_begin_ = flat_end_ = 0;
+    }
     /// Drops everything and frees the memory.
     void clear() noexcept;
 
@@ -53,11 +83,25 @@ private:
         std::size_t offset = 0;  // bytes[0..offset) were sent
     };
     void push_chunk(std::string&& bytes, std::size_t offset);
+    /// Copies `bytes` into the flat buffer if no chunk is queued and they
+    /// fit; returns whether it did.
+    bool append_flat(std::string_view bytes) noexcept {
+        if (!use_flat_ || head_ != chunks_.size() || kFlat - flat_end_ < bytes.size()) return false;
+        if (!bytes.empty()) std::memcpy(flat_ + flat_end_, bytes.data(), bytes.size());
+        flat_end_ += bytes.size();
+        bytes_ += bytes.size();
+        return true;
+    }
+    void append_chunk(std::string_view bytes);
 
     std::vector<Chunk> chunks_;
     std::size_t head_ = 0;
     std::size_t bytes_ = 0;
     std::string spare_;
+    std::size_t flat_begin_ = 0;  // flat_[flat_begin_..flat_end_) is unsent
+    std::size_t flat_end_ = 0;
+    bool use_flat_ = true;
+    char flat_[kFlat];
 };
 
 /// writev() / sendmsg() of `count` buffers; retries EINTR. Sockets are

@@ -359,6 +359,55 @@ TEST_P(StreamTest, WritesInsideACallbackGoOutWhenItReturns) {
     EXPECT_EQ(loop->active_watchers(), 0U);
 }
 
+// Small writes gathered inside a callback while the socket is full (the
+// Handle does not know yet): they wait, in order, behind the full socket,
+// alone or mixed with a moved buffer, and on_drain runs once they are out.
+TEST_P(StreamTest, WritesGatheredWhileTheSocketIsFullKeepTheirOrder) {
+    SocketPair pair;
+    Handle handle(*loop, std::exchange(pair.a, -1));
+    int drains = 0;
+    handle.on_drain([&](Handle&) { ++drains; });
+    std::size_t step = 0;
+    std::function<void()> read_next = [&] {
+        handle.push_read(Reader::line([&](Handle& h, std::string_view) {
+            if (step++ == 0) {
+                h.push_write("a");
+                h.push_write("b\n");
+            } else {
+                h.push_write("x");
+                h.push_write(std::string(100, 'm'));
+                h.push_write("y\n");
+            }
+            read_next();
+        }));
+    };
+    read_next();
+    const std::string expected[] = {"ab\n", "x" + std::string(100, 'm') + "y\n"};
+    for (const std::string& tail : expected) {
+        // Fill the Handle's socket behind its back.
+        const std::string block(64 * 1024, 'f');
+        std::size_t filler = 0;
+        for (ssize_t n; (n = ::send(handle.fd(), block.data(), block.size(), MSG_NOSIGNAL)) > 0;)
+            filler += static_cast<std::size_t>(n);
+        drains = 0;
+        write_all(pair.b, "go\n", 3);
+        ASSERT_TRUE(run_until(*loop, [&] { return handle.write_queue_size() > 0; }));
+        EXPECT_EQ(handle.write_queue_size(), tail.size());
+        EXPECT_EQ(drains, 0);
+        std::string received;
+        ASSERT_TRUE(run_until(*loop, [&] {
+            received += read_now(pair.b);
+            return received.size() >= filler + tail.size();
+        }));
+        ASSERT_EQ(received.size(), filler + tail.size());
+        EXPECT_EQ(received.substr(filler), tail);
+        EXPECT_EQ(received.find_first_not_of('f'), filler);
+        ASSERT_TRUE(run_until(*loop, [&] { return drains > 0; }));
+        EXPECT_EQ(drains, 1);
+        EXPECT_EQ(handle.write_queue_size(), 0U);
+    }
+}
+
 ANYLOOP_INSTANTIATE_BACKENDS(StreamTest);
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace anyloop::test {
 namespace {
@@ -104,6 +105,35 @@ TEST_P(TimeoutTest, ATimeoutWithoutItsCallbackIsANonFatalError) {
     EXPECT_NE(message.find("0.03 s"), std::string::npos) << message;
     EXPECT_FALSE(handle.closed());
     handle.set_rtimeout(Duration::zero());
+}
+
+// on_error replaced inside itself, then a fatal error raised there: the
+// replacement hears it at once, the first callback is not called again.
+TEST_P(TimeoutTest, AnErrorInsideOnErrorReachesItsReplacement) {
+    SocketPair pair;
+    Handle handle(*loop, std::exchange(pair.a, -1));
+    int first_calls = 0;
+    std::vector<std::error_code> second_heard;
+    bool second_fatal = false;
+    handle.on_error([&](Handle& h, std::error_code code, const std::string&, bool fatal) {
+        ++first_calls;
+        EXPECT_EQ(code, std::errc::timed_out);
+        EXPECT_FALSE(fatal);
+        h.on_error([&](Handle&, std::error_code inner, const std::string&, bool inner_fatal) {
+            second_heard.push_back(inner);
+            second_fatal = inner_fatal;
+        });
+        h.set_wbuf_max(1);
+        h.push_write("too much");  // gathered; more than wbuf_max: fatal ENOSPC
+    });
+    handle.push_read(Reader::line([](Handle&, std::string_view) {}));
+    handle.set_rtimeout(20ms);
+    ASSERT_TRUE(run_until(*loop, [&] { return !second_heard.empty(); }, 2s));
+    EXPECT_EQ(first_calls, 1);
+    ASSERT_EQ(second_heard.size(), 1U);
+    EXPECT_EQ(second_heard[0], std::errc::no_space_on_device);
+    EXPECT_TRUE(second_fatal);
+    EXPECT_TRUE(handle.closed());
 }
 
 TEST_P(TimeoutTest, ATimeoutNobodyHearsClosesTheHandle) {
