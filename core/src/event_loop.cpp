@@ -146,20 +146,25 @@ int EventLoop::wait_timeout_ms(bool block) const noexcept {
 // ---- post -------------------------------------------------------------------
 
 void EventLoop::post(std::function<void()> fn) {
+    bool first = false;
     {
         std::lock_guard lock(posted_mutex_);
         posted_.push_back(std::move(fn));
+        // Set with the push, cleared with the swap: the flag never says
+        // "pending" for a queue the loop already emptied, so alive() is exact.
+        first = !posted_pending_.exchange(true, std::memory_order_acq_rel);
     }
-    // One wake-up per batch: the flag is cleared by the loop before it takes
-    // the queue, so a post that finds it set is sure to be seen.
-    if (!posted_pending_.exchange(true, std::memory_order_acq_rel)) wake();
+    // One wake-up per batch: a post that finds the flag set is sure to be
+    // seen, since the loop clears it only when it takes the queue.
+    if (first) wake();
 }
 
 void EventLoop::run_posted() noexcept {
-    if (!posted_pending_.exchange(false, std::memory_order_acq_rel)) return;
+    if (!posted_pending_.load(std::memory_order_acquire)) return;  // the common case: no lock
     std::vector<std::function<void()>> batch;
     {
         std::lock_guard lock(posted_mutex_);
+        posted_pending_.store(false, std::memory_order_release);
         batch.swap(posted_);
     }
     for (auto& fn : batch) guarded(fn);
