@@ -38,14 +38,7 @@ private:
     };
 
     void accept_all() {
-        for (;;) {
-            const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0) {
-                if (errno == EINTR || errno == ECONNABORTED) continue;
-                if (errno != EAGAIN) std::perror("accept4");
-                return;
-            }
-            bench::set_nodelay(fd);
+        for (int fd; (fd = bench::accept_next(listen_fd_)) >= 0;) {
             auto connection = std::make_unique<Connection>();
             connection->fd = fd;
             Connection* raw = connection.get();

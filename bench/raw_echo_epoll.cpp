@@ -79,14 +79,7 @@ void on_writable(int epoll_fd, Connection* connection) {
 }
 
 void accept_all(int epoll_fd, int listen_fd) {
-    for (;;) {
-        const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN) std::perror("accept4");
-            return;
-        }
-        bench::set_nodelay(fd);
+    for (int fd; (fd = bench::accept_next(listen_fd)) >= 0;) {
         watch(epoll_fd, EPOLL_CTL_ADD, new Connection{fd, {}}, EPOLLIN);
     }
 }

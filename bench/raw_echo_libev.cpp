@@ -72,14 +72,7 @@ void on_connection(struct ev_loop* loop, ev_io* watcher, int /*revents*/) {
 }
 
 void on_accept(struct ev_loop* loop, ev_io* watcher, int /*revents*/) {
-    for (;;) {
-        const int fd = ::accept4(watcher->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN) std::perror("accept4");
-            return;
-        }
-        bench::set_nodelay(fd);
+    for (int fd; (fd = bench::accept_next(watcher->fd)) >= 0;) {
         auto* connection = new Connection{};
         ev_io_init(&connection->io, on_connection, fd, EV_READ);
         connection->io.data = connection;

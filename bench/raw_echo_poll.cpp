@@ -66,14 +66,7 @@ bool on_ready(std::size_t slot, short revents) {
 }
 
 void accept_all(int listen_fd) {
-    for (;;) {
-        const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN) std::perror("accept4");
-            return;
-        }
-        bench::set_nodelay(fd);
+    for (int fd; (fd = bench::accept_next(listen_fd)) >= 0;) {
         pollfds.push_back({fd, POLLIN, 0});
         connections.emplace_back();
     }

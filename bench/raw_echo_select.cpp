@@ -75,20 +75,13 @@ void on_writable(int fd, Connection& connection) {
 }
 
 void accept_all(int listen_fd) {
-    for (;;) {
-        const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN) std::perror("accept4");
-            return;
-        }
+    for (int fd; (fd = bench::accept_next(listen_fd)) >= 0;) {
         if (fd >= FD_SETSIZE) {
             std::fprintf(stderr, "descriptor %d is beyond select()'s FD_SETSIZE (%d); connection refused\n", fd,
                          FD_SETSIZE);
             ::close(fd);
             continue;
         }
-        bench::set_nodelay(fd);
         connections[fd] = std::make_unique<Connection>();
         FD_SET(fd, &want_read);
         if (fd > max_fd) max_fd = fd;

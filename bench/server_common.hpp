@@ -103,6 +103,21 @@ inline void announce_listening(int listen_fd) {
     std::fflush(stdout);
 }
 
+/// The next pending connection, non-blocking and with TCP_NODELAY, or -1
+/// when the backlog is empty (other accept errors are printed, then -1).
+inline int accept_next(int listen_fd) {
+    for (;;) {
+        const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            set_nodelay(fd);
+            return fd;
+        }
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno != EAGAIN) std::perror("accept4");
+        return -1;
+    }
+}
+
 /// Blocks SIGTERM and SIGINT and returns a non-blocking signalfd that
 /// reports them, for the servers that multiplex it beside their sockets.
 inline int stop_signal_fd() {
