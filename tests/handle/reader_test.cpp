@@ -19,6 +19,15 @@ using namespace handle_support;
 using Records = std::vector<std::string>;
 using ReaderFactory = std::function<Reader(Reader::Callback)>;
 
+// Keeps one reader made by `make` queued on `handle`, appending each record
+// to `records` and queueing the next reader from inside the callback.
+void keep_collecting(Handle& handle, const ReaderFactory& make, Records& records) {
+    handle.push_read(make([&make, &records](Handle& h, std::string_view record) {
+        records.emplace_back(record);
+        keep_collecting(h, make, records);
+    }));
+}
+
 class ReaderTest : public LoopTest {
 protected:
     // Feeds `input` to a Handle in two writes split at `split`, the Handle
@@ -27,13 +36,7 @@ protected:
         SocketPair pair;
         Records records;
         Handle handle(*loop, std::exchange(pair.a, -1));
-        std::function<void()> queue_next = [&] {
-            handle.push_read(make([&](Handle&, std::string_view record) {
-                records.emplace_back(record);
-                queue_next();
-            }));
-        };
-        queue_next();
+        keep_collecting(handle, make, records);
         write_all(pair.b, input.data(), split);
         run_until_drained(*loop, handle.fd());
         write_all(pair.b, input.data() + split, input.size() - split);
@@ -50,13 +53,7 @@ protected:
         SocketPair pair;
         Records records;
         Handle handle(*loop, std::exchange(pair.a, -1));
-        std::function<void()> queue_next = [&] {
-            handle.push_read(make([&](Handle&, std::string_view record) {
-                records.emplace_back(record);
-                queue_next();
-            }));
-        };
-        queue_next();
+        keep_collecting(handle, make, records);
         for (char byte : input) {
             write_all(pair.b, &byte, 1);
             run_until_drained(*loop, handle.fd());
@@ -132,13 +129,8 @@ TEST_P(ReaderTest, PipelinedRecordsInOneWrite) {
     std::string input;
     for (int i = 0; i < 2000; ++i) input += "line " + std::to_string(i) + "\n";
     Records lines;
-    std::function<void()> queue_next = [&] {
-        handle.push_read(Reader::line([&](Handle&, std::string_view line) {
-            lines.emplace_back(line);
-            queue_next();
-        }));
-    };
-    queue_next();
+    const ReaderFactory line = [](Reader::Callback callback) { return Reader::line(std::move(callback)); };
+    keep_collecting(handle, line, lines);
     write_all(pair.b, input.data(), input.size());
     ASSERT_TRUE(run_until(*loop, [&] { return lines.size() == 2000; }));
     for (int i = 0; i < 2000; ++i) ASSERT_EQ(lines[static_cast<std::size_t>(i)], "line " + std::to_string(i));
