@@ -99,9 +99,7 @@ void EventLoop::run() {
     rethrow_failure();
     update_now();  // the cache may be stale from long before this run
     stop_requested_ = false;
-    ++running_depth_;
     while (!stop_requested_ && alive()) iterate(true);
-    --running_depth_;
     stop_requested_ = false;
     rethrow_failure();
 }

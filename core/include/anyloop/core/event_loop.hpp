@@ -236,7 +236,6 @@ private:
 
     TimePoint now_;
     bool stop_requested_ = false;
-    int running_depth_ = 0;
     long alive_refs_ = 0;
     std::size_t active_count_ = 0;
 
@@ -251,7 +250,6 @@ private:
 
     std::mutex posted_mutex_;
     std::vector<std::function<void()>> posted_;
-    std::vector<std::function<void()>> posted_running_;
     std::atomic<bool> posted_pending_{false};
 
     std::exception_ptr failure_;
