@@ -89,12 +89,9 @@ private:
 
     void io_start(detail::IoNode* node) override {
         auto* en = static_cast<EpollNode*>(node);
-        const auto fd = static_cast<std::size_t>(node->fd);
-        if (fd >= by_fd_.size()) by_fd_.resize(fd + 64, nullptr);
         en->registered = 0;
         en->always_ready = false;
         set_interest(en, epoll_mask(node->events));
-        by_fd_[fd] = en;
     }
 
     void io_update(detail::IoNode* node, Io) override {
@@ -103,7 +100,6 @@ private:
 
     void io_stop(detail::IoNode* node) noexcept override {
         auto* en = static_cast<EpollNode*>(node);
-        by_fd_[static_cast<std::size_t>(node->fd)] = nullptr;
         if (en->always_ready) {
             forget_always_ready(en);
         } else if (en->registered != 0) {
@@ -165,9 +161,7 @@ private:
     // The node an event belongs to, or null when its registration is no longer
     // the one we made: stopped, paused, re-added or orphaned.
     EpollNode* live_node(std::uint64_t token) const noexcept {
-        const auto fd = static_cast<std::uint32_t>(token);
-        if (fd >= by_fd_.size()) return nullptr;
-        EpollNode* node = by_fd_[fd];
+        auto* node = static_cast<EpollNode*>(watcher_of(static_cast<int>(static_cast<std::uint32_t>(token))));
         if (node == nullptr || node->registered == 0 || node->generation != static_cast<std::uint32_t>(token >> 32))
             return nullptr;
         return node;
@@ -197,7 +191,7 @@ private:
             if (errno == EINTR) return;
             throw std::system_error(errno, std::generic_category(), "epoll_wait");
         }
-        // Before the first callback, by_fd_ matches the kernel's set exactly,
+        // Before the first callback, core's fd → watcher table matches the kernel's set exactly,
         // so a token without a live watcher can only be an orphaned
         // registration: rebuilt at once. After a callback, a token may also
         // have gone stale because that callback stopped, paused or restarted
@@ -245,7 +239,8 @@ private:
     void rebuild() noexcept {
         const int fresh = open_epoll_set(wake_fd());
         if (fresh < 0) return;  // out of fds: orphans stay ignored; retried on their next event
-        for (EpollNode* node : by_fd_) {
+        for (detail::IoNode* watcher : watchers_by_fd()) {
+            auto* node = static_cast<EpollNode*>(watcher);
             if (node == nullptr || node->registered == 0) continue;
             epoll_event event{};
             event.events = node->registered;
@@ -260,7 +255,6 @@ private:
     std::uint32_t generation_ = 0;
     bool prescan_next_ = false;  // check the next batch for orphans before dispatching
     std::vector<epoll_event> events_;
-    std::vector<EpollNode*> by_fd_;         // the active watcher of each fd
     std::vector<EpollNode*> always_ready_;  // active watchers of fds epoll refused
     std::vector<EpollNode*> ready_files_;   // dispatch copy of always_ready_
 };

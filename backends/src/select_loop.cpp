@@ -26,7 +26,7 @@ std::string too_high(const char* what, int fd) {
 
 class SelectLoop final : public backends::NativeLoop {
 public:
-    SelectLoop() : nodes_(FD_SETSIZE, nullptr) {
+    SelectLoop() {
         if (wake_fd() >= FD_SETSIZE) throw std::runtime_error(too_high("the loop's wake-up fd ", wake_fd()));
         FD_ZERO(&read_interest_);
         FD_ZERO(&write_interest_);
@@ -42,7 +42,6 @@ private:
 
     void io_start(detail::IoNode* node) override {
         if (node->fd >= FD_SETSIZE) throw std::invalid_argument(too_high("fd ", node->fd));
-        nodes_[static_cast<std::size_t>(node->fd)] = node;
         set_interest(node->fd, node->events);
         if (node->fd > max_fd_) max_fd_ = node->fd;
     }
@@ -51,8 +50,8 @@ private:
 
     void io_stop(detail::IoNode* node) noexcept override {
         set_interest(node->fd, Io::none);
-        nodes_[static_cast<std::size_t>(node->fd)] = nullptr;
-        while (max_fd_ > wake_fd() && nodes_[static_cast<std::size_t>(max_fd_)] == nullptr) --max_fd_;
+        // Core already forgot this fd's watcher; the highest watched fd may drop.
+        while (max_fd_ > wake_fd() && watcher_of(max_fd_) == nullptr) --max_fd_;
     }
 
     void set_interest(int fd, Io events) noexcept {
@@ -104,7 +103,7 @@ private:
             if (fd == wake_fd())
                 wake_fd_ready();
             else
-                ready_.emplace_back(nodes_[static_cast<std::size_t>(fd)], io);
+                ready_.emplace_back(watcher_of(fd), io);
         }
         for (auto& [node, io] : ready_) dispatch_io(node, io);
     }
@@ -116,7 +115,7 @@ private:
     void report_closed_fds() {
         ready_.clear();
         for (int fd = 0; fd <= max_fd_; ++fd) {
-            detail::IoNode* node = nodes_[static_cast<std::size_t>(fd)];
+            detail::IoNode* node = watcher_of(fd);
             if (node == nullptr || node->events == Io::none) continue;
             if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF) ready_.emplace_back(node, Io::read_write);
         }
@@ -131,7 +130,6 @@ private:
     fd_set read_interest_;
     fd_set write_interest_;
     int max_fd_ = -1;                     // highest of the wake-up fd and watched fds
-    std::vector<detail::IoNode*> nodes_;  // the active watcher of each fd
     std::vector<std::pair<detail::IoNode*, Io>> ready_;
 };
 

@@ -182,6 +182,16 @@ protected:
     [[nodiscard]] bool has_posted() const noexcept { return posted_pending_.load(std::memory_order_acquire); }
     /// Whether a callback has failed and the iteration should end soon.
     [[nodiscard]] bool failed() const noexcept { return static_cast<bool>(failure_); }
+    /// The active watcher of `fd` on this loop, or null. Core keeps this
+    /// table for the one-watcher-per-fd rule; backends that need an fd →
+    /// watcher map read it instead of keeping their own. It is set once
+    /// io_start() returned and cleared before io_stop() is called.
+    [[nodiscard]] detail::IoNode* watcher_of(int fd) const noexcept {
+        const auto index = static_cast<std::size_t>(fd);
+        return index < fd_owner_.size() ? fd_owner_[index] : nullptr;
+    }
+    /// The whole table, indexed by fd (entries may be null).
+    [[nodiscard]] const std::vector<detail::IoNode*>& watchers_by_fd() const noexcept { return fd_owner_; }
     /// Stops every watcher; a backend's destructor calls this first, while
     /// its own state is still intact.
     void shutdown_watchers() noexcept;
