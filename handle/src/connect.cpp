@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -164,6 +165,12 @@ void ConnectState::on_ready() {
         attempt_failed(failure.code().value());
         try_next();
         return;
+    }    catch (const std::exception& failure) {
+        // TLS could not start (a context of the wrong role, a bad peer name):
+        // no other address would do better.
+        deliver(nullptr, std::make_error_code(std::errc::invalid_argument),
+                "cannot connect to " + host_port_text(host, port) + ": " + failure.what());
+        return;
     }
     fd = -1;  // the Handle owns it
     deliver(std::move(handle), {}, {});
@@ -222,6 +229,11 @@ bool ConnectRequest::pending() const noexcept { return state_ != nullptr && !sta
 
 ConnectRequest tcp_connect(EventLoop& loop, std::string_view host, std::uint16_t port, ConnectOptions options,
                            ConnectCallback callback) {
+    if (options.handle.tls != TlsMode::none) {
+        if (!options.handle.tls_ctx) throw std::invalid_argument("tcp_connect: TLS without a tls_ctx");
+        // The certificate must name the host we meant to reach.
+        if (options.handle.peername.empty()) options.handle.peername = std::string(host);
+    }
     auto state = std::make_unique<detail::ConnectState>(loop, host, port, std::move(options), std::move(callback));
     detail::ConnectState* raw = state.get();
     // Everything happens from the loop, so the callback never runs inside

@@ -91,6 +91,8 @@ void HandleImpl::clear_callbacks() noexcept {
     on_timeout_.set(nullptr);
     on_rtimeout_.set(nullptr);
     on_wtimeout_.set(nullptr);
+    on_starttls_.set(nullptr);
+    on_stoptls_.set(nullptr);
 }
 
 // Something that may let readers progress changed (a reader or on_read was
@@ -121,6 +123,18 @@ void HandleImpl::push_read(Reader&& reader, bool front) {
 
 void HandleImpl::set_paused(bool paused) {
     user_paused_ = paused;
+    // Input the layer still holds is invisible to the socket: fetch it.
+    if (!paused && layer_ && layer_->has_buffered_input() && !dead_) {
+        if (depth_ > 0) {
+            drain_layer_plaintext();
+            input_pending_ = true;
+        } else {
+            entered([&] {
+                drain_layer_plaintext();
+                dispatch_input();
+            });
+        }
+    }
     interest_changed();
 }
 
@@ -129,6 +143,9 @@ void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
     if (layer_) throw std::logic_error("Handle::set_layer: " + where() + "a layer is installed already");
     if (dead_) return;
     layer_ = std::move(layer);
+    layer_ready_ = false;
+    layer_since_ = loop_.now();
+    if (options_.tls_timeout > Duration::zero()) arm_timer();
     const bool nested = depth_ > 0;
     entered([&] {
         // Unread input arrived after the switch: it is the layer's.
@@ -138,6 +155,7 @@ void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
             rbuf_.clear();
             feed_layer(early.data(), early.size());
         }
+        if (!dead_) check_layer_input();
         // A client layer may have its first message ready.
         if (!nested && !dead_) flush();
         if (!rbuf_.empty()) input_pending_ = true;
@@ -151,8 +169,27 @@ std::unique_ptr<StreamLayer> HandleImpl::release_layer() {
                                " plaintext bytes still wait for the layer");
     std::unique_ptr<StreamLayer> layer = std::move(layer_);
     layer_shutdown_ = false;
+    stoptls_requested_ = false;
     interest_changed();
     return layer;
+}
+
+void HandleImpl::starttls(TlsMode mode, const std::shared_ptr<TlsLayerFactory>& factory, const std::string& peername) {
+    if (mode == TlsMode::none) throw std::invalid_argument("Handle::starttls: mode none");
+    if (!factory) throw std::invalid_argument("Handle::starttls: " + where() + "no tls_ctx");
+    if (layer_) throw std::logic_error("Handle::starttls: " + where() + "TLS (or another layer) is on already");
+    if (dead_) return;
+    set_layer(factory->make_tls_layer(mode, peername));
+}
+
+void HandleImpl::stoptls() {
+    if (!layer_ || dead_ || stoptls_requested_) return;
+    stoptls_requested_ = true;
+    const bool nested = depth_ > 0;
+    // flush() sends the queued plaintext, then close_notify, and finishes
+    // when the peer's close_notify is in already.
+    if (!nested && !write_blocked_) entered([&] { flush(); });
+    settle();
 }
 
 void HandleImpl::close_now() noexcept {
@@ -168,6 +205,7 @@ void HandleImpl::close_now() noexcept {
     // settle() frees it once no callback is on the stack.
     rbuf_.clear();
     layer_.reset();
+    after_layer_.clear();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
 }
@@ -177,7 +215,16 @@ void HandleImpl::close_now() noexcept {
 // ---- Handle -------------------------------------------------------------------
 
 Handle::Handle(EventLoop& loop, int fd, HandleOptions options)
-    : impl_(new detail::HandleImpl(*this, loop, fd, options)) {}
+    : impl_(new detail::HandleImpl(*this, loop, fd, options)) {
+    if (options.tls == TlsMode::none) return;
+    try {
+        impl_->starttls(options.tls, impl_->options_.tls_ctx, impl_->options_.peername);
+    } catch (...) {
+        impl_->fd_ = -1;  // still the caller's, as documented
+        impl_->orphan();
+        throw;
+    }
+}
 
 Handle::~Handle() { impl_->orphan(); }
 
@@ -191,6 +238,8 @@ void Handle::on_drain(Callback callback) { impl_->on_drain_.set(std::move(callba
 void Handle::on_timeout(Callback callback) { impl_->on_timeout_.set(std::move(callback)); }
 void Handle::on_rtimeout(Callback callback) { impl_->on_rtimeout_.set(std::move(callback)); }
 void Handle::on_wtimeout(Callback callback) { impl_->on_wtimeout_.set(std::move(callback)); }
+void Handle::on_starttls(StartTlsCallback callback) { impl_->on_starttls_.set(std::move(callback)); }
+void Handle::on_stoptls(Callback callback) { impl_->on_stoptls_.set(std::move(callback)); }
 
 void Handle::push_read(Reader reader) { impl_->push_read(std::move(reader), false); }
 void Handle::unshift_read(Reader reader) { impl_->push_read(std::move(reader), true); }
@@ -227,7 +276,7 @@ void Handle::push_write_prefixed(std::size_t prefix_bytes, std::string_view payl
 }
 
 void Handle::push_shutdown() { impl_->push_shutdown(); }
-std::size_t Handle::write_queue_size() const noexcept { return impl_->queue_.size() + impl_->plain_.size(); }
+std::size_t Handle::write_queue_size() const noexcept { return impl_->queued_bytes(); }
 
 void Handle::set_timeout(Duration timeout) {
     impl_->options_.timeout = timeout;
@@ -276,6 +325,15 @@ void Handle::set_layer(std::unique_ptr<StreamLayer> layer) { impl_->set_layer(st
 std::unique_ptr<StreamLayer> Handle::release_layer() { return impl_->release_layer(); }
 StreamLayer* Handle::layer() const noexcept { return impl_->layer_.get(); }
 
+void Handle::starttls(TlsMode mode) { impl_->starttls(mode, impl_->options_.tls_ctx, impl_->options_.peername); }
+void Handle::starttls(TlsMode mode, std::shared_ptr<TlsLayerFactory> tls_ctx, std::string peername) {
+    impl_->starttls(mode, tls_ctx, peername.empty() ? impl_->options_.peername : peername);
+}
+void Handle::stoptls() { impl_->stoptls(); }
+bool Handle::tls_established() const noexcept {
+    return impl_->layer_ && impl_->layer_ready_ && !impl_->stoptls_requested_;
+}
+
 EventLoop& Handle::loop() const noexcept { return impl_->loop_; }
 int Handle::fd() const noexcept { return impl_->fd_; }
 bool Handle::closed() const noexcept { return impl_->dead_; }
@@ -285,7 +343,8 @@ void Handle::close() noexcept {
     if (impl_->depth_ == 0) impl_->rbuf_.trim(0);
 }
 std::size_t Handle::buffer_capacity() const noexcept {
-    return impl_->rbuf_.capacity() + impl_->queue_.capacity() + impl_->plain_.capacity();
+    return impl_->rbuf_.capacity() + impl_->queue_.capacity() + impl_->plain_.capacity() +
+           impl_->after_layer_.capacity();
 }
 
 }  // namespace anyloop

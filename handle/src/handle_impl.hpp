@@ -73,6 +73,8 @@ public:
     void interest_changed();
     void set_layer(std::unique_ptr<StreamLayer> layer);
     std::unique_ptr<StreamLayer> release_layer();
+    void starttls(TlsMode mode, const std::shared_ptr<TlsLayerFactory>& factory, const std::string& peername);
+    void stoptls();
     void close_now() noexcept;
     void arm_timer();
     void update_backpressure() noexcept;
@@ -93,12 +95,17 @@ public:
     CallbackSlot<Handle::Callback> on_timeout_;
     CallbackSlot<Handle::Callback> on_rtimeout_;
     CallbackSlot<Handle::Callback> on_wtimeout_;
+    CallbackSlot<Handle::StartTlsCallback> on_starttls_;
+    CallbackSlot<Handle::Callback> on_stoptls_;
 
     ReadBuffer rbuf_;
     ReaderQueue readers_;
     WriteQueue queue_;   // bytes for the socket
     WriteQueue plain_{false};  // with a layer: plaintext the layer has not taken yet, piece by piece
     std::unique_ptr<StreamLayer> layer_;
+    WriteQueue after_layer_{false};  // queued after stoptls(): goes out plain once the layer is gone
+    std::string layer_rest_;   // socket input the closed layer did not take: plain input after it
+    TimePoint layer_since_;    // when the layer was installed (the TLS handshake timeout)
     IoWatcher io_;       // created on first use
     TimerWatcher timer_; // the one timeout timer; created with the Handle
     Io io_events_ = Io::none;
@@ -118,6 +125,10 @@ public:
     bool drain_due_ = false;        // run on_drain in settle()
     bool read_wanted_ = false;      // interest as of the last update_interest()
     bool write_wanted_ = false;
+    bool layer_ready_ = false;      // layer_->established() was seen (and reported)
+    bool stoptls_requested_ = false;
+    bool starttls_due_ = false;     // run on_starttls(true)
+    bool stoptls_due_ = false;      // run on_stoptls
 
     std::size_t read_size_;
     unsigned small_reads_ = 0;
@@ -137,6 +148,15 @@ public:
     bool deliver(std::size_t offset, std::size_t length, std::size_t consume);
     void end_of_input();
     void feed_layer(const char* bytes, std::size_t size);
+    void check_layer_input();
+    void layer_input_closed();
+    void finish_stoptls();
+    void report_layer_events();
+    /// Whether the layer had more plaintext for the readers (and now added
+    /// it to the input): OpenSSL may hold records the socket no longer signals.
+    bool layer_has_more() {
+        return layer_ && !dead_ && layer_->has_buffered_input() && drain_layer_plaintext() > 0;
+    }
     std::size_t drain_layer_plaintext();
     void adapt_read_size(std::size_t got, std::size_t asked) noexcept;
 
@@ -147,6 +167,7 @@ public:
     void after_write(std::size_t written);
     void do_shutdown() noexcept;
     void check_wbuf_max();
+    [[nodiscard]] std::size_t queued_bytes() const noexcept { return queue_.size() + plain_.size() + after_layer_.size(); }
 
     // ---- the rest (handle_io.cpp) ------------------------------------------
     void update_interest();
@@ -198,7 +219,7 @@ void HandleImpl::entered(Body&& body) {
 
 inline bool HandleImpl::reading_wanted() const noexcept {
     if (dead_ || eof_ || user_paused_ || hwm_paused_) return false;
-    return on_read_.ready() || !readers_.empty() || (layer_ && layer_->wants_input());
+    return on_read_.ready() || !readers_.empty() || (layer_ && (stoptls_requested_ || layer_->wants_input()));
 }
 
 inline void HandleImpl::update_backpressure() noexcept {
@@ -207,7 +228,7 @@ inline void HandleImpl::update_backpressure() noexcept {
         hwm_paused_ = false;
         return;
     }
-    const std::size_t queued = queue_.size() + plain_.size();
+    const std::size_t queued = queued_bytes();
     if (queued >= high) hwm_paused_ = true;
     else if (queued <= options_.low_water_mark) hwm_paused_ = false;
 }

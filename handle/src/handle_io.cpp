@@ -60,6 +60,10 @@ void HandleImpl::settle() {
     if (depth_ > 0) return;
     if (!orphaned_ && !dead_) entered([&] {
         for (int round = 0; round < kSettleRounds && !dead_ && !orphaned_; ++round) {
+            if (starttls_due_ || stoptls_due_) {
+                report_layer_events();
+                continue;
+            }
             if (input_pending_) {
                 dispatch_input();
                 continue;
@@ -107,7 +111,11 @@ void HandleImpl::push_write(std::string_view bytes, std::string* owned) {
     if (bytes.empty()) return;
     const bool nested = depth_ > 0;
     entered([&] {
-        if (layer_) {
+        if (layer_ && stoptls_requested_) {
+            // After stoptls(): plain, once the layer has finished.
+            if (owned != nullptr) after_layer_.append(std::move(*owned));
+            else after_layer_.append(bytes);
+        } else if (layer_) {
             if (owned != nullptr) plain_.append(std::move(*owned));
             else plain_.append(bytes);
             if (!nested && !write_blocked_) flush();
@@ -221,7 +229,7 @@ bool HandleImpl::pump_layer() {
         moved = moved || taken > 0;
         if (taken < front.size()) break;
     }
-    if (plain_.empty() && shutdown_requested_ && !layer_shutdown_) {
+    if (plain_.empty() && (shutdown_requested_ || stoptls_requested_) && !layer_shutdown_) {
         layer_shutdown_ = true;
         layer_->shutdown();
     }
@@ -235,6 +243,8 @@ bool HandleImpl::pump_layer() {
         fail(error, where() + layer_->error_message(), true);
         return false;
     }
+    // Our close_notify is queued and the peer's came: TLS is over.
+    if (stoptls_requested_ && layer_shutdown_ && layer_->input_closed()) finish_stoptls();
     return moved;
 }
 
@@ -242,10 +252,11 @@ void HandleImpl::after_write(std::size_t written) {
     if (dead_) return;
     if (written > 0) {
         last_activity_ = last_write_ = loop_.now();
-        if (queue_.size() + plain_.size() <= options_.low_water_mark) drain_due_ = true;
+        if (queued_bytes() <= options_.low_water_mark) drain_due_ = true;
     }
     update_backpressure();
-    if (shutdown_requested_ && !write_shut_ && queue_.empty() && plain_.empty() && (!layer_ || layer_shutdown_))
+    if (shutdown_requested_ && !write_shut_ && queue_.empty() && plain_.empty() && after_layer_.empty() &&
+        (!layer_ || (layer_shutdown_ && !stoptls_requested_)))
         do_shutdown();
 }
 
@@ -263,7 +274,7 @@ void HandleImpl::push_shutdown() {
 }
 
 void HandleImpl::check_wbuf_max() {
-    const std::size_t queued = queue_.size() + plain_.size();
+    const std::size_t queued = queued_bytes();
     if (options_.wbuf_max > 0 && queued > options_.wbuf_max)
         fail(errno_code(ENOSPC),
              where() + "write queue holds " + std::to_string(queued) + " bytes, more than wbuf_max " +
@@ -309,6 +320,8 @@ void HandleImpl::arm_timer() {
     if (options_.timeout > Duration::zero()) next = std::min(next, last_activity_ + options_.timeout);
     if (options_.rtimeout > Duration::zero() && read_wanted_) next = std::min(next, last_read_ + options_.rtimeout);
     if (options_.wtimeout > Duration::zero() && write_wanted_) next = std::min(next, last_write_ + options_.wtimeout);
+    if (options_.tls_timeout > Duration::zero() && layer_ && !layer_ready_)
+        next = std::min(next, layer_since_ + options_.tls_timeout);
     if (next == TimePoint::max()) {
         timer_.stop();
         return;
@@ -319,6 +332,12 @@ void HandleImpl::arm_timer() {
 
 void HandleImpl::check_timeouts() {
     const TimePoint now = loop_.now();
+    if (options_.tls_timeout > Duration::zero() && layer_ && !layer_ready_ &&
+        layer_since_ + options_.tls_timeout <= now) {
+        fail(errno_code(ETIMEDOUT), where() + "TLS handshake not finished within " + seconds_text(options_.tls_timeout),
+             true);
+        return;
+    }
     if (options_.timeout > Duration::zero() && last_activity_ + options_.timeout <= now) {
         last_activity_ = now;
         fire_timeout(on_timeout_, "nothing read or written for", options_.timeout);
@@ -347,6 +366,20 @@ void HandleImpl::fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* 
 void HandleImpl::fail(std::error_code error, const std::string& message, bool fatal) {
     if (dead_) return;
     if (fatal) dead_ = true;  // nothing else runs; the fd stays open for on_error to inspect
+    if (fatal && layer_) {
+        // Best effort: the layer's last words (a TLS alert telling the peer
+        // why) go out before the fd closes.
+        const std::span<const std::byte> output = layer_->pending_output();
+        if (!output.empty()) {
+            queue_.append(std::string_view(reinterpret_cast<const char*>(output.data()), output.size()));
+            layer_->consume_output(output.size());
+        }
+        if (!queue_.empty() && fd_ >= 0) (void)write_queue_to(fd_, is_socket_, queue_);
+        if (!layer_ready_ && !orphaned_) {
+            layer_ready_ = true;  // reported: once
+            if (on_starttls_.ready()) invoke(on_starttls_, false, message);
+        }
+    }
     const bool reported = on_error_.ready() && !orphaned_;
     if (reported) invoke(on_error_, error, message, fatal);
     // A non-fatal error nobody hears about cannot be handled: close.

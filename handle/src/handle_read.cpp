@@ -142,6 +142,15 @@ void HandleImpl::read_ready() {
         if (layer_) {
             feed_layer(spill, got);
             if (dead_) return;
+            if (starttls_due_ || stoptls_due_) {
+                report_layer_events();
+                if (dead_ || orphaned_) return;
+            }
+            if (layer_ && layer_->input_closed() && !stoptls_requested_) {
+                // The peer's close_notify, and nobody takes it for stoptls.
+                end_of_input();
+                return;
+            }
         }
         dispatch_input();
         if (dead_ || orphaned_) return;
@@ -182,7 +191,7 @@ void HandleImpl::feed_layer(const char* bytes, std::size_t size) {
             layer_->feed_input({reinterpret_cast<const std::byte*>(bytes) + offset, size - offset});
         offset += taken;
         const std::size_t decoded = drain_layer_plaintext();
-        if (layer_->error()) break;
+        if (layer_->error() || layer_->input_closed()) break;
         if (taken == 0 && decoded == 0) break;  // the layer takes no more input
     }
     drain_layer_plaintext();
@@ -190,8 +199,64 @@ void HandleImpl::feed_layer(const char* bytes, std::size_t size) {
         fail(error, where() + layer_->error_message(), true);
         return;
     }
+    check_layer_input();
+    if (layer_->input_closed()) {
+        // What the layer did not take follows its end: plain input after a stoptls.
+        layer_rest_.append(bytes + offset, size - offset);
+        layer_input_closed();
+        if (dead_ || !layer_) return;
+    }
     // Reading may have produced output (handshake messages, alerts).
     if (!write_blocked_) flush();
+}
+
+void HandleImpl::check_layer_input() {
+    if (layer_ready_ || !layer_->established()) return;
+    layer_ready_ = true;
+    starttls_due_ = true;
+    if (options_.tls_timeout > Duration::zero()) arm_timer();
+}
+
+// The peer ended the layer. With stoptls() pending, or on_stoptls set (the
+// peer's stoptls, answered here), the layer finishes and the stream goes on
+// plain; otherwise read_ready() takes it for end of file.
+void HandleImpl::layer_input_closed() {
+    if (!stoptls_requested_ && !on_stoptls_.ready()) return;
+    stoptls_requested_ = true;
+    if (!write_blocked_) flush();  // our close_notify; finishes the layer
+}
+
+void HandleImpl::finish_stoptls() {
+    std::string trailing = layer_->take_trailing_input();
+    trailing += layer_rest_;
+    layer_rest_.clear();
+    layer_.reset();
+    layer_shutdown_ = false;
+    stoptls_requested_ = false;
+    layer_ready_ = false;
+    if (!trailing.empty()) {
+        rbuf_.append(trailing);
+        input_pending_ = true;
+    }
+    // Output queued since stoptls() follows the close_notify, plain.
+    while (!after_layer_.empty()) {
+        const std::string_view front = after_layer_.front();
+        queue_.append(front);
+        after_layer_.consume(front.size());
+    }
+    stoptls_due_ = true;
+}
+
+void HandleImpl::report_layer_events() {
+    if (starttls_due_) {
+        starttls_due_ = false;
+        invoke(on_starttls_, true, std::string());
+        if (dead_ || orphaned_) return;
+    }
+    if (stoptls_due_) {
+        stoptls_due_ = false;
+        invoke(on_stoptls_);
+    }
 }
 
 std::size_t HandleImpl::drain_layer_plaintext() {
@@ -240,14 +305,15 @@ void HandleImpl::dispatch_input() {
     } dispatching(dispatching_);
     while (!dead_ && !orphaned_) {
         if (!readers_.empty()) {
-            if (!run_front_reader()) break;
+            if (run_front_reader()) continue;
+            if (dead_ || orphaned_ || !layer_has_more()) break;
             continue;
         }
         if (!on_read_.ready() || rbuf_.empty()) break;
         const std::size_t before = rbuf_.size();
         invoke(on_read_);
         // on_read that took nothing waits for more input.
-        if (readers_.empty() && rbuf_.size() == before) break;
+        if (readers_.empty() && rbuf_.size() == before && !layer_has_more()) break;
     }
 }
 

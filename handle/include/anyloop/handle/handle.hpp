@@ -99,6 +99,18 @@ struct HandleOptions {
     bool no_delay = true;
     /// SO_KEEPALIVE.
     bool keepalive = false;
+
+    /// TLS from the start: the Handle's constructor calls starttls(tls)
+    /// with tls_ctx and peername (see Handle::starttls).
+    TlsMode tls = TlsMode::none;
+    /// What makes the TLS layer: an anyloop::tls::TlsContext.
+    std::shared_ptr<TlsLayerFactory> tls_ctx{};
+    /// Client: the name the server's certificate must carry (host name or
+    /// IP address; also the SNI). tcp_connect() fills in its host when empty.
+    std::string peername{};
+    /// The TLS handshake must finish within this (0 = no limit); otherwise
+    /// a fatal ETIMEDOUT error.
+    Duration tls_timeout{};
 };
 
 /// A buffered byte stream over a connected socket (TCP, unix) or another
@@ -109,6 +121,7 @@ public:
     using Callback = std::function<void(Handle& handle)>;
     using ErrorCallback =
         std::function<void(Handle& handle, std::error_code error, const std::string& message, bool fatal)>;
+    using StartTlsCallback = std::function<void(Handle& handle, bool success, const std::string& message)>;
 
     /// Takes ownership of `fd` (a connected stream; made non-blocking here)
     /// and applies the socket options. Throws std::invalid_argument for a
@@ -204,6 +217,41 @@ public:
     void set_keepalive(bool on);
     void set_oob_inline(bool on);
     [[nodiscard]] const HandleOptions& options() const noexcept;
+
+    // ---- TLS ----------------------------------------------------------------
+    // Over a stream layer that anyloop::tls provides; see docs/tls.md.
+    //
+    //     auto context = tls::TlsContext::create({.role = tls::TlsRole::server,
+    //                                             .certificate_file = "server.pem"});
+    //     HandleOptions options;
+    //     options.tls = TlsMode::accept;
+    //     options.tls_ctx = context;
+    //     Handle handle(loop, fd, options);   // readers and writers see plaintext
+
+    /// Starts TLS now, at any point of a plain stream (after a STARTTLS
+    /// exchange, say): output queued before this call goes out plain,
+    /// output queued after it is encrypted (written once the handshake is
+    /// done), and input not yet consumed is the peer's first TLS bytes.
+    /// Uses options().tls_ctx and options().peername unless given here.
+    /// Throws std::invalid_argument without a context or with a mode it
+    /// cannot serve, std::logic_error while a layer is installed already.
+    void starttls(TlsMode mode);
+    void starttls(TlsMode mode, std::shared_ptr<TlsLayerFactory> tls_ctx, std::string peername = {});
+    /// Ends TLS but not the stream: output queued so far is encrypted and
+    /// sent, then close_notify; once the peer's close_notify arrives the
+    /// Handle is plain again (on_stoptls), and output queued meanwhile goes
+    /// out plain. Does nothing without TLS.
+    void stoptls();
+    /// The handshake finished (success) or failed (then on_error follows
+    /// with EPROTO or ETIMEDOUT and the reason).
+    void on_starttls(StartTlsCallback callback);
+    /// TLS ended and the stream goes on plain: after our stoptls() or the
+    /// peer's. While this callback is set, a close_notify from the peer is
+    /// answered and taken as the peer's stoptls; without it, a close_notify
+    /// is end of file (on_eof), and writing still works.
+    void on_stoptls(Callback callback);
+    /// Whether TLS carries the stream: handshake done, not stopped.
+    [[nodiscard]] bool tls_established() const noexcept;
 
     // ---- layering -----------------------------------------------------------
 

@@ -11,11 +11,20 @@
 // touches the socket, so it works the same on every backend. A Handle
 // without a layer does none of this: the plain path is a single branch.
 //
-// This interface mirrors anyloop::tls::TlsSession; the TLS issue may extend
-// it (on_starttls / on_stoptls notifications, bytes after close_notify).
+// A layer can end before the stream does (TLS's stoptls): once it has
+// finished both ways (input_closed() and shutdown() called) the Handle
+// removes it, and take_trailing_input() — bytes that followed the layer's
+// end — becomes the first plain input.
+//
+// TLS plugs in through TlsLayerFactory, which anyloop::tls::TlsContext
+// implements: a Handle asks it for a layer on starttls() (or
+// HandleOptions::tls), so this library names no TLS type and a program
+// that never uses TLS does not link OpenSSL.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <system_error>
@@ -61,10 +70,37 @@ public:
     /// Whether the Handle must read even when no reader waits (during a
     /// handshake, say). Reading is otherwise driven by the readers.
     [[nodiscard]] virtual bool wants_input() const noexcept { return false; }
+    /// Whether the layer carries application data yet (TLS: the handshake
+    /// finished). The Handle reports the moment to on_starttls.
+    [[nodiscard]] virtual bool established() const noexcept { return true; }
+    /// Whether read_plaintext() could return bytes without new input (TLS:
+    /// decrypted bytes or whole records inside OpenSSL). The Handle drains
+    /// them when reading resumes, since the socket will not say so.
+    [[nodiscard]] virtual bool has_buffered_input() const noexcept { return false; }
+    /// Whether the peer ended the layer (TLS: its close_notify arrived).
+    /// The Handle then either finishes a stoptls or treats it as end of file.
+    [[nodiscard]] virtual bool input_closed() const noexcept { return false; }
+    /// After input_closed(): the bytes that followed the layer's end, moved out.
+    virtual std::string take_trailing_input() { return {}; }
     /// Non-zero once the layer failed; the Handle then raises
     /// on_error(error(), error_message(), fatal = true). TLS uses EPROTO.
     [[nodiscard]] virtual std::error_code error() const noexcept = 0;
     [[nodiscard]] virtual std::string error_message() const = 0;
+};
+
+/// Which side of a TLS handshake a Handle takes (AnyEvent's tls => "accept"
+/// or "connect").
+enum class TlsMode : std::uint8_t { none, accept, connect };
+
+/// Makes the TLS layer for Handle::starttls(). anyloop::tls::TlsContext is
+/// the implementation; share one among many Handles.
+class TlsLayerFactory {
+public:
+    virtual ~TlsLayerFactory() = default;
+    /// A fresh layer for `mode`; for connect, `peername` is the name the
+    /// server's certificate must carry (and the SNI). Throws
+    /// std::invalid_argument when the factory cannot serve `mode`.
+    [[nodiscard]] virtual std::unique_ptr<StreamLayer> make_tls_layer(TlsMode mode, const std::string& peername) = 0;
 };
 
 }  // namespace anyloop

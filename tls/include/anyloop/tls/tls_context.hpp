@@ -5,6 +5,8 @@
 // forward declarations for the native_handle() escape hatch.
 #pragma once
 
+#include <anyloop/handle/stream_layer.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -121,13 +123,16 @@ public:
 /// threads: OpenSSL's SSL_CTX is thread-safe once built, and the client
 /// session cache is guarded by a mutex. Sessions hold a shared_ptr to their
 /// context, so a context lives as long as its last session.
-class TlsContext {
+///
+/// A context is also what a Handle's tls_ctx option and starttls() take:
+/// it makes each Handle's TLS layer (anyloop/tls/tls_layer.hpp).
+class TlsContext : public TlsLayerFactory, public std::enable_shared_from_this<TlsContext> {
 public:
     /// Builds the context; throws TlsConfigError for a bad configuration.
     explicit TlsContext(const TlsContextOptions& options);
     /// Convenience: std::make_shared<TlsContext>(options).
     static std::shared_ptr<TlsContext> create(const TlsContextOptions& options);
-    ~TlsContext();
+    ~TlsContext() override;
 
     TlsContext(const TlsContext&) = delete;
     TlsContext& operator=(const TlsContext&) = delete;
@@ -145,6 +150,12 @@ public:
     /// The underlying SSL_CTX, for settings this class does not wrap. It
     /// stays owned by the context; change it only before the first session.
     ssl_ctx_st* native_handle() const noexcept;
+
+    /// TlsLayerFactory: a TlsLayer over a new session of this context.
+    /// Throws std::invalid_argument when `mode` does not match role()
+    /// (accept needs a server context, connect a client one) or the
+    /// context is not owned by a std::shared_ptr.
+    [[nodiscard]] std::unique_ptr<StreamLayer> make_tls_layer(TlsMode mode, const std::string& peername) override;
 
 private:
     friend class TlsSession;
