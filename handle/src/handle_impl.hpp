@@ -66,7 +66,24 @@ public:
 
     // ---- what Handle's public functions do (handle.cpp) --------------------
     void push_read(Reader&& reader, bool front);
-    void push_write(std::string_view bytes, std::string* owned);
+    void push_write(std::string_view bytes, std::string* owned) {
+        if (gathers(bytes.size())) {
+            // The echo case: a small write inside a callback, gathered for
+            // the one send settle() makes when the callback's entry ends.
+            queue_.append(bytes);
+            if (options_.high_water_mark > 0) update_backpressure();
+            if (options_.wbuf_max > 0) check_wbuf_max();
+            return;
+        }
+        push_write_slow(bytes, owned);
+    }
+    void push_write_slow(std::string_view bytes, std::string* owned);
+    /// Whether push_write() just copies `size` bytes into the queue: inside
+    /// a callback, small, plain, and the Handle open for writing.
+    [[nodiscard]] bool gathers(std::size_t size) const noexcept {
+        return depth_ > 0 && !layer_ && !dead_ && !orphaned_ && !shutdown_requested_ &&
+               queue_.size() + size <= WriteQueue::kSmallChunk;
+    }
     void push_shutdown();
     void set_paused(bool paused);
     void input_changed();

@@ -68,7 +68,10 @@ void HandleImpl::settle() {
                 dispatch_input();
                 continue;
             }
-            if (!write_blocked_ && (!queue_.empty() || !plain_.empty() || (shutdown_requested_ && !write_shut_)))
+            // A stoptls() made inside a callback has no output queued yet:
+            // its close_notify is made by flush() too.
+            if (!write_blocked_ && (!queue_.empty() || !plain_.empty() || (shutdown_requested_ && !write_shut_) ||
+                                    (stoptls_requested_ && !layer_shutdown_)))
                 flush();
             if (drain_due_ && !dead_ && !orphaned_) {
                 drain_due_ = false;
@@ -104,7 +107,7 @@ void HandleImpl::unwound() noexcept {
 
 // ---- writing ----------------------------------------------------------------
 
-void HandleImpl::push_write(std::string_view bytes, std::string* owned) {
+void HandleImpl::push_write_slow(std::string_view bytes, std::string* owned) {
     if (dead_ || orphaned_) return;
     if (shutdown_requested_)
         throw std::logic_error("Handle::push_write after push_shutdown (" + where() + "the write side is closed)");

@@ -5,14 +5,6 @@
 
 namespace anyloop {
 
-void ReadBuffer::consume(std::size_t bytes) noexcept {
-    bytes = std::min(bytes, size());
-    begin_ += bytes;
-    consumed_total_ += bytes;
-    // An empty buffer starts over at the front: the next read needs no move.
-    if (begin_ == end_ && !borrowed_) begin_ = end_ = 0;
-}
-
 void ReadBuffer::append(std::string_view bytes) {
     if (bytes.empty()) return;
     const std::span<char> room = prepare(bytes.size());
@@ -49,8 +41,7 @@ void ReadBuffer::reallocate(std::size_t capacity) {
     borrowed_ = false;
 }
 
-void ReadBuffer::trim(std::size_t spare) noexcept {
-    if (borrowed_) return;
+void ReadBuffer::trim_storage(std::size_t spare) noexcept {
     if (empty()) {
         storage_.reset();
         data_ = nullptr;
@@ -75,15 +66,8 @@ void ReadBuffer::borrow(const char* bytes, std::size_t size) noexcept {
     borrowed_ = true;
 }
 
-void ReadBuffer::settle(std::size_t spare) {
-    if (!borrowed_) return;
+void ReadBuffer::keep_borrowed(std::size_t spare) {
     const std::size_t live = size();
-    if (live == 0) {
-        borrowed_ = false;
-        data_ = storage_.get();
-        begin_ = end_ = 0;
-        return;
-    }
     const std::size_t needed = live + spare;
     if (capacity_ >= needed) {
         std::memcpy(storage_.get(), data(), live);

@@ -46,7 +46,13 @@ public:
     [[nodiscard]] std::string_view view() const noexcept { return {data(), size()}; }
 
     /// Drops the first `bytes` readable bytes (all of them if fewer remain).
-    void consume(std::size_t bytes) noexcept;
+    void consume(std::size_t bytes) noexcept {
+        bytes = bytes < size() ? bytes : size();
+        begin_ += bytes;
+        consumed_total_ += bytes;
+        // An empty buffer starts over at the front: the next read needs no move.
+        if (begin_ == end_ && !borrowed_) begin_ = end_ = 0;
+    }
     /// Drops every readable byte.
     void clear() noexcept { consume(size()); }
 
@@ -66,7 +72,10 @@ public:
 
     /// Frees the storage if nothing is readable; otherwise shrinks it to the
     /// readable bytes plus `spare` when it is much larger than that.
-    void trim(std::size_t spare) noexcept;
+    void trim(std::size_t spare) noexcept {
+        if (borrowed_ || (capacity_ == 0 && empty())) return;  // nothing held: the steady state of an echo
+        trim_storage(spare);
+    }
 
 private:
     friend class detail::HandleImpl;
@@ -75,7 +84,19 @@ private:
     void borrow(const char* bytes, std::size_t size) noexcept;
     // Ends a borrow: copies what is still readable into storage with
     // `spare` free bytes after it.
-    void settle(std::size_t spare);
+    void settle(std::size_t spare) {
+        if (!borrowed_) return;
+        if (empty()) {
+            // Everything borrowed was consumed: the common case.
+            borrowed_ = false;
+            data_ = storage_.get();
+            begin_ = end_ = 0;
+            return;
+        }
+        keep_borrowed(spare);
+    }
+    void keep_borrowed(std::size_t spare);
+    void trim_storage(std::size_t spare) noexcept;
     [[nodiscard]] bool borrowed() const noexcept { return borrowed_; }
     void reallocate(std::size_t capacity);
 
