@@ -14,8 +14,15 @@
 # inclusive), which shows where the instructions of a round trip go.
 #
 # Usage: bench/callgrind.sh [--no-build] [--counts "K1 K2"] [--think-us T]
-#                           [--out DIR] [--reuse] [SERVER...]
+#                           [--size BYTES] [--out DIR] [--reuse] [--tls] [SERVER...]
+#   --size: message size (default 64).
 #   --reuse: keep the profiles already in DIR, run only the missing ones.
+#   --tls: the TLS servers instead (default anyloop-tls-epoll and
+#   raw-tls-epoll; loadgen --tls; DIR defaults to build/bench/callgrind-tls),
+#   judged against 1.10 × raw-tls-epoll. loadgen completes each TLS
+#   handshake before its first message, and start-up, handshake (with the
+#   server's session tickets) and close_notify are the same in both runs,
+#   so they cancel out of the difference like accept and exit do.
 #   SERVER: anyloop-<backend>, loop-<backend> or raw-<library>; default: all
 #   that are built.
 # Output: DIR/instructions.md (table), DIR/<server>.hot.txt (per function),
@@ -28,7 +35,10 @@ build=1
 reuse=0
 counts="2000 12000"
 think_us=500
+size=64
 out=$BENCH_BUILD/callgrind
+out_given=0
+tls=0
 servers=()
 while (($#)); do
   case $1 in
@@ -36,7 +46,9 @@ while (($#)); do
     --reuse) reuse=1 ;;
     --counts) counts=$2; shift ;;
     --think-us) think_us=$2; shift ;;
-    --out) out=$2; shift ;;
+    --size) size=$2; shift ;;
+    --out) out=$2; out_given=1; shift ;;
+    --tls) tls=1 ;;
     -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) servers+=("$1") ;;
   esac
@@ -47,8 +59,11 @@ read -r k1 k2 <<<"$counts"
 
 bench_install valgrind
 ((build)) && bench_build
+((tls && !out_given)) && out=$BENCH_BUILD/callgrind-tls
 mkdir -p "$out"
-((${#servers[@]})) || mapfile -t servers < <(all_servers loop)
+if ((${#servers[@]} == 0)); then
+  if ((tls)); then servers=(anyloop-tls-epoll raw-tls-epoll); else mapfile -t servers < <(all_servers loop); fi
+fi
 
 # Total instructions (Ir) of a callgrind profile.
 total_ir() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
@@ -97,7 +112,8 @@ for server in "${servers[@]}"; do
     if ! start_server "$out/$server.$k" valgrind --tool=callgrind --callgrind-out-file="$profile" "${command[@]}"; then
       ok=0; break
     fi
-    if ! "$BENCH_BUILD/bench/loadgen" --host "$BENCH_HOST" --port "$SERVER_PORT" --connections 1 --size 64 \
+    read -ra extra <<<"$(loadgen_flags "$server")"
+    if ! "$BENCH_BUILD/bench/loadgen" "${extra[@]}" --host "$BENCH_HOST" --port "$SERVER_PORT" --connections 1 --size "$size" \
       --count "$k" --think-us "$think_us" --quiet >"$out/$server.$k.loadgen" 2>&1; then
       log "$server: loadgen failed: $(tail -n 1 "$out/$server.$k.loadgen")"
       ok=0
@@ -134,7 +150,15 @@ done
     [[ -n ${per_rt[$server]:-} ]] || { echo "| $server | – | – | not measured yet (not built) | | |"; continue; }
     ir1=${ir_small[$server]} ir2=${ir_large[$server]} n=${per_rt[$server]}
     target="" result=""
-    if [[ $server == anyloop-* || $server == loop-* ]]; then
+    if is_tls_server "$server" && [[ $server != raw-* ]]; then
+      # One raw TLS server; the target is a ratio, as in the timed runs.
+      if [[ -n ${per_rt[raw-tls-epoll]:-} ]]; then
+        limit=$(awk -v r="${per_rt[raw-tls-epoll]}" 'BEGIN { printf "%.0f", 1.10 * r }')
+        ratio=$(awk -v a="$n" -v r="${per_rt[raw-tls-epoll]}" 'BEGIN { printf "%.2f", a / r }')
+        target="≤ 1.10 × raw-tls-epoll = $limit"
+        if ((n <= limit)); then result="pass (${ratio}×)"; else result="**fail** (${ratio}×, $((n - limit)) over)"; fi
+      fi
+    elif [[ $server == anyloop-* || $server == loop-* ]]; then
       raw=raw-${server#*-}
       if [[ -n ${per_rt[$raw]:-} ]]; then
         target="≤ $raw + 300 = $((per_rt[$raw] + 300))"

@@ -6,6 +6,11 @@
 # --backend <backend>: the same echo on the EventLoop alone, no Handle) or
 # "raw-<library>" (bench/raw_echo_<library>). Every server takes --host and
 # --port, prints "listening on HOST:PORT" first and exits 0 on SIGTERM.
+#
+# TLS servers: "anyloop-tls-<backend>" (examples/tls_echo_server --backend
+# <backend>) and "raw-tls-epoll" (bench/raw_echo_tls_epoll, OpenSSL on the
+# socket), both given the test certificates that tests/tls/make_certs.sh
+# writes into $BENCH_BUILD/certs; loadgen talks to them with --tls.
 
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_BUILD=${BENCH_BUILD:-$BENCH_ROOT/build/bench}
@@ -47,9 +52,39 @@ bench_build() {
   [[ -x $BENCH_BUILD/bench/loadgen ]] || { log "loadgen did not build"; return 1; }
 }
 
+# Makes the TLS servers' certificate and key in $BENCH_BUILD/certs, once.
+bench_certs() {
+  [[ -s $BENCH_BUILD/certs/server.pem && -s $BENCH_BUILD/certs/server.key ]] && return 0
+  bash "$BENCH_ROOT/tests/tls/make_certs.sh" "$BENCH_BUILD/certs" >"$BENCH_BUILD/certs.log" 2>&1 ||
+    { log "make_certs.sh failed (see $BENCH_BUILD/certs.log)"; return 1; }
+}
+
+# Whether a server name is a TLS server.
+is_tls_server() { [[ $1 == *-tls-* ]]; }
+
+# loadgen's extra options for a server: --tls for the TLS servers.
+loadgen_flags() {
+  if is_tls_server "$1"; then echo "--tls"; fi
+  return 0
+}
+
 # The command line of a server, or nothing when it was not built.
 server_command() {
   local kind=${1%%-*} what=${1#*-}
+  if [[ $what == tls-* ]]; then
+    local program=$BENCH_BUILD/examples/tls_echo_server backend=${what#tls-}
+    if [[ $kind == raw ]]; then
+      program=$BENCH_BUILD/bench/raw_echo_tls_$backend
+    else
+      [[ $kind == anyloop ]] || return 0
+      grep -q "^ANYLOOP_WITH_${backend^^}:BOOL=ON" "$BENCH_BUILD/CMakeCache.txt" || return 0
+    fi
+    [[ -x $program ]] || return 0
+    bench_certs || return 0
+    local args="--cert $BENCH_BUILD/certs/server.pem --key $BENCH_BUILD/certs/server.key"
+    if [[ $kind == raw ]]; then echo "$program $args"; else echo "$program --backend $backend $args"; fi
+    return 0
+  fi
   if [[ $kind == anyloop || $kind == loop ]]; then
     local program=$BENCH_BUILD/examples/echo_server
     [[ $kind == loop ]] && program=$BENCH_BUILD/bench/loop_echo
@@ -96,6 +131,13 @@ all_servers() {
   for b in "${RAW_SERVERS[@]}"; do
     [[ " ${ANYLOOP_BACKENDS[*]} " == *" $b "* ]] || echo "raw-$b"
   done
+}
+
+# The TLS servers: anyloop's on every backend, then the raw one.
+tls_servers() {
+  local b
+  for b in "${ANYLOOP_BACKENDS[@]}"; do echo "anyloop-tls-$b"; done
+  echo "raw-tls-epoll"
 }
 
 # start_server LOG_PREFIX COMMAND... — runs the server in the background

@@ -19,6 +19,12 @@
 // arrives (under valgrind the server would otherwise be the slow side, and
 // whether the next message is already there when it looks would vary).
 //
+// --tls wraps every connection in TLS (OpenSSL on the socket, no
+// certificate verification: the peer is a benchmark server). Each
+// handshake completes, blocking, right after its connect, so handshakes
+// fall before the measured window (and cancel out of the callgrind
+// script's difference of two runs); the plain path is untouched by it.
+//
 // The last line on stdout is machine-readable: "RESULT key=value ...".
 #include <fcntl.h>
 #include <netdb.h>
@@ -33,6 +39,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cinttypes>
+#include <csignal>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -46,6 +53,14 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#ifdef LOADGEN_WITH_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#else
+struct ssl_st;  // SSL, never created without OpenSSL
+using SSL = ssl_st;
+#endif
 
 namespace {
 
@@ -62,6 +77,7 @@ struct Options {
     long server_pid = 0;
     std::string label;
     bool quiet = false;
+    bool tls = false;
 };
 
 [[noreturn]] void fail(const char* format, ...) __attribute__((format(printf, 1, 2)));
@@ -79,7 +95,7 @@ void fail(const char* format, ...) {
     std::fprintf(stderr,
                  "usage: %s --port N [--host ADDR] [--connections N] [--size BYTES] [--pipeline D]\n"
                  "          [--duration SECONDS] [--warmup SECONDS] [--count ROUND_TRIPS]\n"
-                 "          [--think-us MICROSECONDS] [--server-pid PID] [--label TEXT] [--quiet]\n",
+                 "          [--think-us MICROSECONDS] [--server-pid PID] [--label TEXT] [--quiet] [--tls]\n",
                  program);
     std::exit(2);
 }
@@ -100,8 +116,8 @@ Options parse_options(int argc, char** argv) {
     Options options;
     for (int i = 1; i < argc; ++i) {
         const std::string_view name = argv[i];
-        if (name == "--quiet") {
-            options.quiet = true;
+        if (name == "--quiet" || name == "--tls") {
+            (name == "--quiet" ? options.quiet : options.tls) = true;
             continue;
         }
         if (i + 1 >= argc) usage(argv[0]);
@@ -195,6 +211,8 @@ struct Connection {
     std::uint64_t received = 0;               // messages completely echoed
     std::size_t read_offset = 0;              // bytes of message `received` already echoed
     bool watching_write = false;
+    SSL* ssl = nullptr;             // with --tls
+    bool write_wants_read = false;  // with --tls: SSL_write waits for input
 };
 
 class LoadGenerator {
@@ -208,6 +226,9 @@ private:
     void queue_message(Connection& connection, std::int64_t now);
     void flush(Connection& connection);
     void on_readable(Connection& connection);
+    void start_tls(Connection& connection);
+    void flush_tls(Connection& connection);
+    void on_readable_tls(Connection& connection);
     void consume(Connection& connection, const unsigned char* data, std::size_t size, std::int64_t now);
     void watch_write(Connection& connection, bool on);
     void begin_window(std::int64_t now);
@@ -224,6 +245,9 @@ private:
 
     Options options_;
     int epoll_fd_ = -1;
+#ifdef LOADGEN_WITH_TLS
+    SSL_CTX* tls_context_ = nullptr;
+#endif
     std::vector<Connection> connections_;
     std::uint64_t issued_ = 0;     // messages queued over all connections
     std::uint64_t completed_ = 0;  // round trips completed over all connections
@@ -266,6 +290,7 @@ void LoadGenerator::connect_all() {
             fail("connect %u to %s:%s: %s", i, options_.host.c_str(), options_.port.c_str(), std::strerror(errno));
         const int one = 1;
         ::setsockopt(connection.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (options_.tls) start_tls(connection);
         ::fcntl(connection.fd, F_SETFL, ::fcntl(connection.fd, F_GETFL) | O_NONBLOCK);
         connection.slots = std::make_unique<unsigned char[]>(options_.pipeline * options_.size);
         connection.sent_at = std::make_unique<std::int64_t[]>(options_.pipeline);
@@ -294,6 +319,7 @@ void LoadGenerator::queue_message(Connection& connection, std::int64_t now) {
 }
 
 void LoadGenerator::flush(Connection& connection) {
+    if (connection.ssl != nullptr) return flush_tls(connection);
     while (connection.written < connection.queued) {
         const unsigned char* data = slot(connection, connection.written) + connection.write_offset;
         const std::size_t left = options_.size - connection.write_offset;
@@ -316,6 +342,7 @@ void LoadGenerator::flush(Connection& connection) {
 }
 
 void LoadGenerator::on_readable(Connection& connection) {
+    if (connection.ssl != nullptr) return on_readable_tls(connection);
     static unsigned char buffer[256 * 1024];
     for (;;) {
         const ssize_t n = ::read(connection.fd, buffer, sizeof buffer);
@@ -392,6 +419,93 @@ void LoadGenerator::send_due_thinkers(std::int64_t now) {
     }
 }
 
+// ---- TLS ----------------------------------------------------------------------
+
+#ifdef LOADGEN_WITH_TLS
+
+std::string openssl_reason() {
+    char text[256] = "unknown error";
+    if (const unsigned long code = ERR_get_error(); code != 0) ERR_error_string_n(code, text, sizeof text);
+    ERR_clear_error();
+    return text;
+}
+
+// The handshake, on the still blocking socket.
+void LoadGenerator::start_tls(Connection& connection) {
+    if (tls_context_ == nullptr) {
+        // OpenSSL writes with write(): a server that went away must be an
+        // error message, not SIGPIPE.
+        std::signal(SIGPIPE, SIG_IGN);
+        tls_context_ = SSL_CTX_new(TLS_client_method());
+        if (tls_context_ == nullptr) fail("SSL_CTX_new: %s", openssl_reason().c_str());
+        SSL_CTX_set_verify(tls_context_, SSL_VERIFY_NONE, nullptr);
+        SSL_CTX_set_mode(tls_context_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_read_ahead(tls_context_, 1);
+    }
+    connection.ssl = SSL_new(tls_context_);
+    if (connection.ssl == nullptr || SSL_set_fd(connection.ssl, connection.fd) != 1)
+        fail("SSL_new for connection %u: %s", connection.id, openssl_reason().c_str());
+    if (SSL_connect(connection.ssl) != 1)
+        fail("TLS handshake of connection %u: %s", connection.id, openssl_reason().c_str());
+}
+
+// flush() over TLS. After SSL_write reported WANT_WRITE it must be called
+// again with the same bytes: the slot and offset stay where they were.
+void LoadGenerator::flush_tls(Connection& connection) {
+    connection.write_wants_read = false;
+    while (connection.written < connection.queued) {
+        const unsigned char* data = slot(connection, connection.written) + connection.write_offset;
+        const std::size_t left = options_.size - connection.write_offset;
+        const int n = SSL_write(connection.ssl, data, static_cast<int>(left));
+        if (n <= 0) {
+            const int error = SSL_get_error(connection.ssl, n);
+            if (error == SSL_ERROR_WANT_WRITE) {
+                watch_write(connection, true);
+                return;
+            }
+            if (error == SSL_ERROR_WANT_READ) {  // renegotiation-like: resumes in on_readable_tls
+                connection.write_wants_read = true;
+                watch_write(connection, false);
+                return;
+            }
+            fail("SSL_write on connection %u: %s", connection.id, openssl_reason().c_str());
+        }
+        connection.write_offset += static_cast<std::size_t>(n);
+        if (connection.write_offset == options_.size) {
+            connection.write_offset = 0;
+            ++connection.written;
+        }
+    }
+    watch_write(connection, false);
+}
+
+// on_readable() over TLS: records until OpenSSL holds no more (read-ahead
+// took whatever the socket had; level-triggered epoll reports the rest).
+void LoadGenerator::on_readable_tls(Connection& connection) {
+    static unsigned char buffer[64 * 1024];
+    do {
+        const int n = SSL_read(connection.ssl, buffer, sizeof buffer);
+        if (n <= 0) {
+            const int error = SSL_get_error(connection.ssl, n);
+            if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) break;
+            if (error == SSL_ERROR_ZERO_RETURN || (error == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
+                fail("connection %u closed by the server after %" PRIu64 " round trips", connection.id,
+                     connection.received);
+            fail("SSL_read on connection %u: %s", connection.id, openssl_reason().c_str());
+        }
+        consume(connection, buffer, static_cast<std::size_t>(n), now_ns());
+    } while (SSL_has_pending(connection.ssl));
+    if (connection.write_wants_read) flush_tls(connection);
+}
+
+#else
+
+void LoadGenerator::start_tls(Connection&) { fail("--tls: this loadgen was built without OpenSSL"); }
+void LoadGenerator::flush_tls(Connection&) {}
+void LoadGenerator::on_readable_tls(Connection&) {}
+
+#endif
+
 void LoadGenerator::begin_window(std::int64_t now) {
     measuring_ = true;
     window_start_ns_ = now;
@@ -457,7 +571,13 @@ int LoadGenerator::run() {
             break;
         }
     }
-    for (Connection& connection : connections_) ::close(connection.fd);
+    for (Connection& connection : connections_) {
+#ifdef LOADGEN_WITH_TLS
+        if (connection.ssl != nullptr) SSL_shutdown(connection.ssl);  // close_notify: a clean end for the server
+        SSL_free(connection.ssl);
+#endif
+        ::close(connection.fd);
+    }
     report();
     return 0;
 }

@@ -11,9 +11,7 @@
 #include "server_common.hpp"
 
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 
-#include <csignal>
 #include <vector>
 
 namespace {
@@ -23,10 +21,6 @@ struct Connection {
     std::vector<char> pending;  // unwritten echo after a partial write
     std::size_t pending_offset = 0;
 };
-
-// Tags for the two non-connection entries in the epoll set.
-char listener_tag;
-char signal_tag;
 
 char read_buffer[64 * 1024];
 
@@ -90,40 +84,14 @@ int main(int argc, char** argv) {
     const bench::ServerOptions options = bench::parse_server_options(argc, argv);
     const int listen_fd = bench::listen_tcp(options);
 
-    const int signal_fd = bench::stop_signal_fd();
-    const int epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
-    if (epoll_fd < 0) bench::die("epoll_create1", errno);
-
-    epoll_event event{};
-    event.events = EPOLLIN;
-    event.data.ptr = &listener_tag;
-    ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, listen_fd, &event);
-    event.data.ptr = &signal_tag;
-    ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, signal_fd, &event);
-
-    bench::announce_listening(listen_fd);
-
-    epoll_event ready[256];
-    for (bool running = true; running;) {
-        const int n = ::epoll_wait(epoll_fd, ready, 256, -1);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            bench::die("epoll_wait", errno);
-        }
-        for (int i = 0; i < n; ++i) {
-            void* tag = ready[i].data.ptr;
-            if (tag == &listener_tag) {
-                accept_all(epoll_fd, listen_fd);
-            } else if (tag == &signal_tag) {
-                running = false;
-            } else {
-                // A connection is closed only on its own event, and an fd
-                // appears once per batch, so no later entry points at it.
-                auto* connection = static_cast<Connection*>(tag);
-                if (connection->pending.empty()) on_readable(epoll_fd, connection);
-                else on_writable(epoll_fd, connection);
-            }
-        }
-    }
+    bench::run_epoll_server(
+        listen_fd, [&](int epoll_fd) { accept_all(epoll_fd, listen_fd); },
+        [](int epoll_fd, void* tag) {
+            // A connection is closed only on its own event, and an fd
+            // appears once per batch, so no later entry points at it.
+            auto* connection = static_cast<Connection*>(tag);
+            if (connection->pending.empty()) on_readable(epoll_fd, connection);
+            else on_writable(epoll_fd, connection);
+        });
     return 0;
 }

@@ -17,6 +17,12 @@
 #   --report-only: no runs; tables and chart from DIR/runs.txt as it is.
 #   --write-docs: also copy the chart to docs/performance-msgs.png and the
 #   table into docs/performance.md (between its timed-results markers).
+#   --tls: the TLS rows instead: anyloop-tls-<backend> (tls_echo_server)
+#   on every backend and raw-tls-epoll (OpenSSL on an epoll socket), loadgen
+#   --tls, scenarios 1x64 50x64 50x16384 unless given, output in
+#   build/bench/timed-tls unless --out, each anyloop-tls-X compared with
+#   raw-tls-epoll; --write-docs then fills the tls-timed-results markers
+#   (no chart is copied).
 # Output in DIR (default build/bench/timed): runs.txt (every run),
 #   results.md (medians), msgs.dat and performance-msgs.png (the chart).
 set -euo pipefail
@@ -32,6 +38,9 @@ out=$BENCH_BUILD/timed
 write_docs=0
 report_only=0
 with_loop=""
+tls=0
+scenarios_given=0
+out_given=0
 servers=()
 while (($#)); do
   case $1 in
@@ -39,8 +48,9 @@ while (($#)); do
     --reps) reps=$2; shift ;;
     --duration) duration=$2; shift ;;
     --warmup) warmup=$2; shift ;;
-    --scenarios) scenarios=$2; shift ;;
-    --out) out=$2; shift ;;
+    --scenarios) scenarios=$2; scenarios_given=1; shift ;;
+    --out) out=$2; out_given=1; shift ;;
+    --tls) tls=1 ;;
     --write-docs) write_docs=1 ;;
     --with-loop) with_loop=loop ;;
     --report-only) report_only=1; build=0 ;;
@@ -50,10 +60,17 @@ while (($#)); do
   shift
 done
 
+if ((tls)); then
+  ((scenarios_given)) || scenarios="1x64 50x64 50x16384"
+  ((out_given)) || out=$BENCH_BUILD/timed-tls
+fi
+
 bench_install gnuplot-nox util-linux valgrind
 ((build)) && bench_build
 mkdir -p "$out"
-((${#servers[@]})) || mapfile -t servers < <(all_servers $with_loop)
+if ((${#servers[@]} == 0)); then
+  if ((tls)); then mapfile -t servers < <(tls_servers); else mapfile -t servers < <(all_servers $with_loop); fi
+fi
 
 # 1000 connections need more descriptors than the usual 1024, in the server
 # (which inherits this limit) and in loadgen.
@@ -109,7 +126,8 @@ started=$(date +%s)
         continue
       fi
       status=ok
-      result=$("${client_cpu[@]}" "$BENCH_BUILD/bench/loadgen" --host "$BENCH_HOST" --port "$SERVER_PORT" \
+      read -ra extra <<<"$(loadgen_flags "$server")"
+      result=$("${client_cpu[@]}" "$BENCH_BUILD/bench/loadgen" "${extra[@]}" --host "$BENCH_HOST" --port "$SERVER_PORT" \
         --connections "$connections" --size "$size" --duration "$duration" --warmup "$warmup" \
         --server-pid "$SERVER_PID" --label "$server" --quiet 2>"$prefix.loadgen" | grep '^RESULT') || status=loadgen-failed
       if ! stop_server; then status+=",exit-not-0"; fi
@@ -138,7 +156,11 @@ fmt() { if [[ $2 == - ]]; then echo -; else printf "$1" "$2"; fi; }
 
 {
   echo "Medians of $reps runs of ${duration} s (after ${warmup} s warm-up) each; server on CPU 0, loadgen on CPU 1."
-  echo "CPU/rt: the server's user+system CPU time per round trip (/proc/<pid>/stat); vs raw: anyloop ÷ the raw server of the same library (target ≤ 1.10)."
+  if ((tls)); then
+    echo "TLS (loadgen --tls). CPU/rt: the server's user+system CPU time per round trip (/proc/<pid>/stat); vs raw: anyloop ÷ raw-tls-epoll (target ≤ 1.10)."
+  else
+    echo "CPU/rt: the server's user+system CPU time per round trip (/proc/<pid>/stat); vs raw: anyloop ÷ the raw server of the same library (target ≤ 1.10)."
+  fi
   echo
   echo "| N×M | server | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/rt | vs raw | target ≤ 1.10× |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
@@ -157,6 +179,7 @@ fmt() { if [[ $2 == - ]]; then echo -; else printf "$1" "$2"; fi; }
       cpu=$(median "$server" "$scenario" server_cpu_us_per_rt)
       ratio="" verdict=""
       raw=raw-${server#*-}
+      is_tls_server "$server" && raw="raw-tls-epoll"  # the one raw TLS server
       if [[ $server == anyloop-* || $server == loop-* ]] && [[ $cpu != - && " ${available[*]} " == *" $raw "* ]]; then
         raw_cpu=$(median "$raw" "$scenario" server_cpu_us_per_rt)
         if [[ $raw_cpu != - ]]; then
@@ -207,6 +230,7 @@ if command -v gnuplot >/dev/null; then
     echo "set yrange [0:*]"
     echo "set ylabel 'round trips per second (median)'"
     title="anyloop echo_server (blue)"
+    ((tls)) && title="anyloop tls_echo_server (blue)"
     [[ " ${available[*]}" == *" loop-"* ]] && title+=", anyloop loop_echo (green)"
     title+=", hand-written raw servers (orange): msgs/s, higher is better"
     echo "set multiplot layout 2,2 title '$title'"
@@ -224,11 +248,16 @@ fi
 
 if ((write_docs)); then
   doc=$BENCH_ROOT/docs/performance.md
-  [[ -f $out/performance-msgs.png ]] && cp "$out/performance-msgs.png" "$BENCH_ROOT/docs/performance-msgs.png"
-  if [[ -f $doc ]] && grep -q '<!-- timed-results:begin -->' "$doc"; then
-    awk -v table="$out/results.md" '
-      /<!-- timed-results:begin -->/ { print; while ((getline line < table) > 0) print line; skip = 1; next }
-      /<!-- timed-results:end -->/ { skip = 0 }
+  marker=timed-results
+  if ((tls)); then
+    marker="tls-timed-results"
+  elif [[ -f $out/performance-msgs.png ]]; then
+    cp "$out/performance-msgs.png" "$BENCH_ROOT/docs/performance-msgs.png"
+  fi
+  if [[ -f $doc ]] && grep -q "<!-- $marker:begin -->" "$doc"; then
+    awk -v table="$out/results.md" -v begin="<!-- $marker:begin -->" -v end="<!-- $marker:end -->" '
+      $0 == begin { print; while ((getline line < table) > 0) print line; skip = 1; next }
+      $0 == end { skip = 0 }
       !skip' "$doc" >"$doc.new" && mv "$doc.new" "$doc"
     log "updated $doc"
   fi

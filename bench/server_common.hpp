@@ -13,6 +13,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -129,6 +130,50 @@ inline int stop_signal_fd() {
     const int fd = ::signalfd(-1, &stop_signals, SFD_NONBLOCK | SFD_CLOEXEC);
     if (fd < 0) die("signalfd", errno);
     return fd;
+}
+
+/// The main loop of the hand-written epoll servers (raw_echo_epoll,
+/// raw_echo_tls_epoll): watches `listen_fd` and a stop_signal_fd() in a new
+/// epoll set, prints "listening on HOST:PORT", then dispatches until SIGTERM
+/// or SIGINT. `on_listener(epoll_fd)` runs when connections wait to be
+/// accepted; `on_connection(epoll_fd, tag)` runs for every other ready entry,
+/// `tag` being the data.ptr the server registered it with.
+template <typename OnListener, typename OnConnection>
+void run_epoll_server(int listen_fd, OnListener on_listener, OnConnection on_connection) {
+    const int signal_fd = stop_signal_fd();
+    const int epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd < 0) die("epoll_create1", errno);
+
+    // Tags for the two non-connection entries in the epoll set.
+    char listener_tag = 0;
+    char signal_tag = 0;
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.ptr = &listener_tag;
+    ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, listen_fd, &event);
+    event.data.ptr = &signal_tag;
+    ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, signal_fd, &event);
+
+    announce_listening(listen_fd);
+
+    epoll_event ready[256];
+    for (bool running = true; running;) {
+        const int n = ::epoll_wait(epoll_fd, ready, 256, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die("epoll_wait", errno);
+        }
+        for (int i = 0; i < n; ++i) {
+            void* tag = ready[i].data.ptr;
+            if (tag == &listener_tag) {
+                on_listener(epoll_fd);
+            } else if (tag == &signal_tag) {
+                running = false;
+            } else {
+                on_connection(epoll_fd, tag);
+            }
+        }
+    }
 }
 
 }  // namespace bench

@@ -201,7 +201,11 @@ void HandleImpl::flush() {
         return;
     }
     std::size_t written = 0;
-    for (int round = 0; round < 8 && !dead_; ++round) {
+    // With a layer, go on until the socket is full or the layer takes no
+    // more, as write_queue_to() does for plain bytes: a round limit here
+    // left plaintext stranded (no write interest with queue_ empty) when
+    // the socket never filled.
+    while (!dead_) {
         const bool layer_moved = layer_ && pump_layer();
         if (dead_) return;
         if (!queue_.empty()) {
@@ -232,7 +236,9 @@ bool HandleImpl::pump_layer() {
         moved = moved || taken > 0;
         if (taken < front.size()) break;
     }
-    if (plain_.empty() && (shutdown_requested_ || stoptls_requested_) && !layer_shutdown_) {
+    // close_notify once everything queued went in, and not before the
+    // handshake is done: half-closing then would break the handshake.
+    if (plain_.empty() && (shutdown_requested_ || stoptls_requested_) && !layer_shutdown_ && layer_->established()) {
         layer_shutdown_ = true;
         layer_->shutdown();
     }

@@ -142,8 +142,12 @@ void HandleImpl::read_ready() {
         if (layer_) {
             feed_layer(spill, got);
             if (dead_) return;
-            if (starttls_due_ || stoptls_due_) {
-                report_layer_events();
+            // on_starttls comes before the data that arrived with the end of
+            // the handshake; on_stoptls after the data that came over TLS
+            // (below), as on_eof follows every record.
+            if (starttls_due_) {
+                starttls_due_ = false;
+                invoke(on_starttls_, true, std::string());
                 if (dead_ || orphaned_) return;
             }
             if (layer_ && layer_->input_closed() && !stoptls_requested_) {
@@ -154,6 +158,10 @@ void HandleImpl::read_ready() {
         }
         dispatch_input();
         if (dead_ || orphaned_) return;
+        if (stoptls_due_) {
+            report_layer_events();
+            if (dead_ || orphaned_) return;
+        }
         rbuf_.settle(read_size_);
         if (options_.rbuf_max > 0 && rbuf_.size() > options_.rbuf_max) {
             fail(errno_code(ENOSPC),

@@ -324,8 +324,8 @@ TlsContext::TlsContext(const TlsContextOptions& options)
     // Partial writes let write_plaintext() accept a prefix of a large buffer;
     // a moving write buffer lets a retry after WANT_WRITE pass the same bytes
     // from another address; released buffers keep an idle session small.
-    SSL_CTX_set_mode(ctx,
-                     SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              (options.release_idle_buffers ? SSL_MODE_RELEASE_BUFFERS : 0));
 
     if (options.max_version && *options.max_version < options.min_version)
         fail("max_version " + std::string(protocol_name(*options.max_version)),

@@ -66,7 +66,7 @@ std::string name_to_string(const X509_NAME* name) {
         if (length > 0) text.assign(data, static_cast<std::size_t>(length));
     }
     BIO_free(bio);
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     return text;
 }
 
@@ -161,7 +161,7 @@ struct SessionState {
     /// Runs SSL_do_handshake() as far as the input allows.
     void drive_handshake() {
         for (int retries = 0; !handshake_done && !failed;) {
-            ERR_clear_error();
+            detail::clear_openssl_errors();
             const int result = SSL_do_handshake(ssl);
             const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl, result);
             flush_output();
@@ -190,7 +190,7 @@ TlsSession::TlsSession(std::shared_ptr<TlsContext> context, TlsSessionOptions op
     if (s.peer_name.size() > 2 && s.peer_name.front() == '[' && s.peer_name.back() == ']')
         s.peer_name = s.peer_name.substr(1, s.peer_name.size() - 2);
 
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     s.ssl = SSL_new(context_state.ctx);
     if (!s.ssl) throw std::runtime_error("TlsSession: SSL_new: " + detail::take_openssl_reason("out of memory"));
     BIO* internal = nullptr;
@@ -226,7 +226,7 @@ TlsSession::TlsSession(std::shared_ptr<TlsContext> context, TlsSessionOptions op
             }
         }
     }
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     s.drive_handshake();  // the ClientHello
 }
 
@@ -254,7 +254,7 @@ std::size_t TlsSession::feed_ciphertext(std::span<const std::byte> ciphertext) {
             if (wrote <= 0 && BIO_ctrl_get_write_guarantee(s.network) == 0) break;
         }
     }
-    ERR_clear_error();  // a refused BIO_write leaves an entry we do not need
+    detail::clear_openssl_errors();  // a refused BIO_write leaves an entry we do not need
     return accepted;
 }
 
@@ -263,7 +263,7 @@ std::span<std::byte> TlsSession::ciphertext_input_space() {
     if (!s.accepts_input()) return {};
     char* space = nullptr;
     const auto size = BIO_nwrite0(s.network, &space);
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     if (size <= 0 || !space) return {};
     return {reinterpret_cast<std::byte*>(space), static_cast<std::size_t>(size)};
 }
@@ -274,7 +274,7 @@ void TlsSession::commit_ciphertext_input(std::size_t bytes) {
     if (!s.accepts_input()) throw std::logic_error("TlsSession::commit_ciphertext_input: the session takes no input");
     char* space = nullptr;
     const int committed = BIO_nwrite(s.network, &space, clamp_int(bytes));
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     if (committed < 0 || static_cast<std::size_t>(committed) != bytes)
         throw std::logic_error("TlsSession::commit_ciphertext_input: more bytes than ciphertext_input_space() offered");
     s.read_starved = false;
@@ -332,7 +332,7 @@ std::size_t TlsSession::write_plaintext(std::span<const std::byte> plaintext) {
     // bytes again at once, so that retry is never postponed.
     while (accepted < plaintext.size() && s.pending_size() < s.max_pending_ciphertext) {
         for (;;) {
-            ERR_clear_error();
+            detail::clear_openssl_errors();
             std::size_t written = 0;
             const int result = SSL_write_ex(s.ssl, plaintext.data() + accepted, plaintext.size() - accepted, &written);
             const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
@@ -343,7 +343,7 @@ std::size_t TlsSession::write_plaintext(std::span<const std::byte> plaintext) {
             }
             if (ssl_error == SSL_ERROR_WANT_WRITE && ++retries <= kMaxWriteRetries) continue;
             if (ssl_error == SSL_ERROR_WANT_READ) {
-                ERR_clear_error();
+                detail::clear_openssl_errors();
                 return accepted;  // cannot happen without renegotiation; wait for input
             }
             s.fail(ssl_error);
@@ -360,12 +360,13 @@ std::size_t TlsSession::read_plaintext(std::span<std::byte> buffer) {
         s.drive_handshake();
         if (!s.handshake_done) return 0;
     }
+    if (s.read_starved) return 0;  // nothing new since OpenSSL last wanted input
     std::size_t total = 0;
     int retries = 0;
     // SSL_read returns at most one record per call; going on until OpenSSL
     // wants more input is what leaves no decrypted byte behind in it.
     while (total < buffer.size()) {
-        ERR_clear_error();
+        detail::clear_openssl_errors();
         std::size_t got = 0;
         const int result = SSL_read_ex(s.ssl, buffer.data() + total, buffer.size() - total, &got);
         const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
@@ -373,6 +374,13 @@ std::size_t TlsSession::read_plaintext(std::span<std::byte> buffer) {
         s.flush_output();
         if (result == 1) {
             total += got;
+            // Another SSL_read would only say WANT_READ: nothing decrypted,
+            // no record and no byte of one left inside OpenSSL.
+            if (SSL_pending(s.ssl) == 0 && SSL_has_pending(s.ssl) == 0 &&
+                BIO_ctrl_pending(SSL_get_rbio(s.ssl)) == 0 && !s.eof_fed) {
+                s.read_starved = true;
+                return total;
+            }
             continue;
         }
         switch (ssl_error) {
@@ -385,7 +393,7 @@ std::size_t TlsSession::read_plaintext(std::span<std::byte> buffer) {
                 return total;
             case SSL_ERROR_ZERO_RETURN:
                 s.peer_closed = true;
-                ERR_clear_error();
+                detail::clear_openssl_errors();
                 return total;
             default:
                 s.fail(ssl_error);
@@ -411,7 +419,7 @@ void TlsSession::shutdown() {
     s.shutdown_sent = true;
     if (s.failed || !s.handshake_done) return;
     for (int retries = 0;; ++retries) {
-        ERR_clear_error();
+        detail::clear_openssl_errors();
         const int result = SSL_shutdown(s.ssl);
         const int ssl_error = result >= 0 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
         s.flush_output();
@@ -420,21 +428,21 @@ void TlsSession::shutdown() {
     }
     // A failed close_notify is not worth failing the session for: the
     // connection is ending either way.
-    ERR_clear_error();
+    detail::clear_openssl_errors();
 }
 
 bool TlsSession::key_update() {
     detail::SessionState& s = *impl_;
     if (!s.handshake_done || s.failed || s.shutdown_sent || SSL_version(s.ssl) != TLS1_3_VERSION) return false;
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     if (SSL_key_update(s.ssl, SSL_KEY_UPDATE_REQUESTED) != 1) {
-        ERR_clear_error();
+        detail::clear_openssl_errors();
         return false;
     }
     // OpenSSL sends the KeyUpdate with the next write or handshake call; send
     // it now so the update does not wait for application data.
     for (int retries = 0;; ++retries) {
-        ERR_clear_error();
+        detail::clear_openssl_errors();
         const int result = SSL_do_handshake(s.ssl);
         const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
         s.flush_output();
@@ -472,7 +480,7 @@ std::vector<std::byte> TlsSession::take_bytes_after_close() {
         got += static_cast<std::size_t>(read);
     }
     bytes.resize(got);
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     return bytes;
 }
 
@@ -542,7 +550,7 @@ std::vector<std::byte> TlsSession::export_keying_material(std::string_view label
     if (!s.handshake_done || s.failed)
         throw std::logic_error("TlsSession::export_keying_material: no established session");
     std::vector<std::byte> material(length);
-    ERR_clear_error();
+    detail::clear_openssl_errors();
     if (SSL_export_keying_material(s.ssl, reinterpret_cast<unsigned char*>(material.data()), material.size(),
                                    label.data(), label.size(), reinterpret_cast<const unsigned char*>(context.data()),
                                    context.size(), 1) != 1)

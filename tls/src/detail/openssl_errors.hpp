@@ -1,6 +1,8 @@
 // Reading OpenSSL's per-thread error queue into our messages. Private to tls/.
 #pragma once
 
+#include <openssl/err.h>
+
 #include <string>
 #include <vector>
 
@@ -20,6 +22,14 @@ struct OpenSslErrors {
 /// a stale entry would otherwise be blamed on the next, unrelated call on this
 /// thread (SSL_get_error() reads the same queue).
 OpenSslErrors take_openssl_errors();
+
+/// Empties the calling thread's error queue, as SSL_get_error() needs
+/// before each SSL call. ERR_clear_error() walks every slot of the queue
+/// (hundreds of instructions in OpenSSL 3); peeking first makes the usual
+/// case, an empty queue, cheap.
+inline void clear_openssl_errors() noexcept {
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
 
 /// `reasons` of take_openssl_errors(), or `fallback` when the queue was empty.
 std::string take_openssl_reason(const char* fallback);

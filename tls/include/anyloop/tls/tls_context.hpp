@@ -108,6 +108,11 @@ struct TlsContextOptions {
     bool session_resumption = true;
     /// Client: how many peer names the session cache remembers (least recently used goes first).
     std::size_t session_cache_size = 256;
+    /// Give OpenSSL's 16 KiB read and write buffers back whenever a session
+    /// is idle (SSL_MODE_RELEASE_BUFFERS): about 34 KiB less per idle
+    /// connection, paid with an allocation and a free per record each way
+    /// (a busy echo costs ~5% more instructions). For many mostly idle connections.
+    bool release_idle_buffers = false;
 };
 
 /// Thrown by TlsContext's constructor for a configuration it cannot use. The
