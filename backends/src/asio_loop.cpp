@@ -29,8 +29,10 @@
 #include <poll.h>
 
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -43,8 +45,69 @@ namespace {
 class AsioLoop;
 
 // The handlers' way back to the loop: cleared when the loop is destroyed.
+// It also keeps the memory of the I/O waits (see WaitAllocator), since the
+// last wait may complete after the loop is gone.
 struct LoopLink {
+    explicit LoopLink(AsioLoop* l) noexcept : loop(l) {}
+    LoopLink(const LoopLink&) = delete;
+    LoopLink& operator=(const LoopLink&) = delete;
+    ~LoopLink() {
+        while (spare != nullptr) {
+            Block* block = spare;
+            spare = block->next;
+            ::operator delete(block);
+        }
+    }
+
+    void* allocate(std::size_t bytes) {
+        if (bytes == block_size && spare != nullptr) {
+            --spare_count;
+            return std::exchange(spare, spare->next);
+        }
+        return ::operator new(bytes);
+    }
+
+    void deallocate(void* memory, std::size_t bytes) noexcept {
+        if (block_size == 0 && bytes >= sizeof(Block)) block_size = bytes;
+        if (bytes == block_size && spare_count < max_spare) {
+            spare = new (memory) Block{spare};
+            ++spare_count;
+            return;
+        }
+        ::operator delete(memory);
+    }
+
     AsioLoop* loop = nullptr;
+
+private:
+    struct Block {
+        Block* next;
+    };
+    // Enough for a busy server's waits of one iteration; beyond that, the
+    // blocks go back to malloc.
+    static constexpr std::size_t max_spare = 1024;
+    Block* spare = nullptr;
+    std::size_t spare_count = 0;
+    std::size_t block_size = 0;  // every I/O wait operation has the same type, hence size
+};
+
+// The allocator Asio uses for an I/O wait operation. Without one, Asio takes
+// the memory from a cache in the stack frame of run_one()/poll_one(), which
+// is gone by the time the next wait is started (after the iteration), so
+// every wait would cost a malloc and a free.
+template <typename T>
+struct WaitAllocator {
+    using value_type = T;
+    explicit WaitAllocator(LoopLink* l) noexcept : link(l) {}
+    template <typename U>
+    WaitAllocator(const WaitAllocator<U>& other) noexcept : link(other.link) {}  // NOLINT: rebinding is implicit
+    T* allocate(std::size_t n) { return static_cast<T*>(link->allocate(n * sizeof(T))); }
+    void deallocate(T* memory, std::size_t n) noexcept { link->deallocate(memory, n * sizeof(T)); }
+    template <typename U>
+    bool operator==(const WaitAllocator<U>& other) const noexcept {
+        return link == other.link;
+    }
+    LoopLink* link;
 };
 
 struct AsioIoNode;
@@ -91,6 +154,17 @@ constexpr Io direction_bit(int direction) noexcept {
     return direction == 0 ? Io::read : Io::write;
 }
 
+// The completion handler of one I/O wait.
+struct WaitHandler {
+    using allocator_type = WaitAllocator<void>;
+    [[nodiscard]] allocator_type get_allocator() const noexcept { return allocator_type(port->link.get()); }
+    void operator()(const asio::error_code& error) const noexcept;
+
+    std::shared_ptr<IoPort> port;
+    int direction;
+    std::uint64_t generation;
+};
+
 class AsioLoop final : public EventLoop {
 public:
     // The owning form: the io_context is created before everything that
@@ -101,10 +175,9 @@ public:
     ~AsioLoop() override {
         // Stops every watcher while this object is intact: descriptors are
         // released, signal sets destroyed, the timer wait cancelled.
+        // (io_rearm_ is empty: only iterate() fills it, and it empties it.)
         shutdown_watchers();
         link_->loop = nullptr;
-        for (auto& port : io_rearm_) port->rearm_queued = false;
-        io_rearm_.clear();
         timer_.cancel();  // timers never report an error here
         keepalive_.reset();
     }
@@ -256,27 +329,24 @@ private:
         if (port->node == nullptr || !port->descriptor) return;
         if (in_iterate_) {
             if (!port->rearm_queued) {
-                io_rearm_.push_back(port);
+                io_rearm_.push_back(port.get());
                 port->rearm_queued = true;
             }
             return;
         }
-        arm(port);
+        arm(*port);
     }
 
     // Starts a wait for every wanted direction without one outstanding.
-    void arm(const std::shared_ptr<IoPort>& port) {
-        if (port->node == nullptr || !port->descriptor) return;
-        const Io wanted = port->node->events;
+    void arm(IoPort& port) {
+        if (port.node == nullptr || !port.descriptor) return;
+        const Io wanted = port.node->events;
         for (int direction = 0; direction < 2; ++direction) {
-            if (!has(wanted, direction_bit(direction)) || port->waiting[direction]) continue;
+            if (!has(wanted, direction_bit(direction)) || port.waiting[direction]) continue;
             const auto type =
                 direction == 0 ? asio::posix::stream_descriptor::wait_read : asio::posix::stream_descriptor::wait_write;
-            port->descriptor->async_wait(
-                type, [port, direction, generation = port->generation](const asio::error_code& error) noexcept {
-                    if (AsioLoop* loop = port->link->loop) loop->on_io(port, direction, generation, error);
-                });
-            port->waiting[direction] = true;
+            port.descriptor->async_wait(type, WaitHandler{port.node->port, direction, port.generation});
+            port.waiting[direction] = true;
         }
     }
 
@@ -395,19 +465,28 @@ private:
     }
 
     void iterate(bool block) override {
-        DispatchScope scope(*this);
+        DispatchScope scope(*this);  // also keeps every port in io_rearm_ alive
         in_iterate_ = true;
         break_requested_ = false;
         posted_ran_ = false;
         try {
-            if (ctx_.stopped()) ctx_.restart();
             if (block) {
                 // Wait for one handler that is more than the leftover of a
                 // cancelled wait, then collect whatever else is ready now.
                 for (;;) {
                     const std::uint64_t stale_before = stale_;
-                    if (ctx_.run_one() == 0 || stale_ == stale_before || break_requested_) break;
+                    std::size_t ran = ctx_.run_one();
+                    if (ran == 0) {
+                        // Stopped: by running out of work, or by a host.
+                        // (Asking stopped() first would take the
+                        // scheduler's lock on every iteration.)
+                        ctx_.restart();
+                        ran = ctx_.run_one();
+                    }
+                    if (ran == 0 || stale_ == stale_before || break_requested_) break;
                 }
+            } else if (ctx_.stopped()) {
+                ctx_.restart();
             }
             while (!break_requested_ && ctx_.poll_one() != 0) {
             }
@@ -422,14 +501,20 @@ private:
     // still ready completes in the next one.
     void end_iteration() {
         in_iterate_ = false;
-        std::vector<std::shared_ptr<IoPort>> ports;
-        ports.swap(io_rearm_);
-        for (auto& port : ports) {
-            port->rearm_queued = false;
-            arm(port);
+        // The list is emptied even if arm() throws: its pointers are only
+        // good until iterate() returns. (arm() runs no handler, so nothing
+        // is added to the list meanwhile.)
+        try {
+            for (IoPort* port : io_rearm_) {
+                port->rearm_queued = false;
+                arm(*port);
+            }
+        } catch (...) {
+            for (IoPort* port : io_rearm_) port->rearm_queued = false;
+            io_rearm_.clear();
+            throw;
         }
-        ports.clear();
-        if (io_rearm_.empty()) io_rearm_.swap(ports);  // keep the capacity
+        io_rearm_.clear();
         if (std::exchange(timer_deferred_, false)) arm_timer();
         if (std::exchange(signal_deferred_, false)) arm_signals();
         if (std::exchange(wake_deferred_, false)) wake();
@@ -437,7 +522,7 @@ private:
 
     std::unique_ptr<asio::io_context> owned_;  // first: destroyed last
     asio::io_context& ctx_;
-    const std::shared_ptr<LoopLink> link_ = std::make_shared<LoopLink>(LoopLink{this});
+    const std::shared_ptr<LoopLink> link_ = std::make_shared<LoopLink>(this);
     asio::steady_timer timer_;
     std::uint64_t timer_arm_ = 0;
     TimePoint timer_deadline_{};
@@ -449,11 +534,18 @@ private:
     bool break_requested_ = false;
     bool posted_ran_ = false;
     std::uint64_t stale_ = 0;  // handlers that found their wait cancelled or outdated
-    std::vector<std::shared_ptr<IoPort>> io_rearm_;
+    // Ports whose waits are re-armed at the end of the iteration. Plain
+    // pointers: iterate()'s DispatchScope keeps every node, and with it its
+    // port, alive until then.
+    std::vector<IoPort*> io_rearm_;
     bool timer_deferred_ = false;
     bool signal_deferred_ = false;
     bool wake_deferred_ = false;
 };
+
+void WaitHandler::operator()(const asio::error_code& error) const noexcept {
+    if (AsioLoop* loop = port->link->loop) loop->on_io(port, direction, generation, error);
+}
 
 }  // namespace
 

@@ -8,10 +8,15 @@
 // ev_run therefore sees anyloop as one watcher that is active exactly when
 // anyloop's run() would go on, and never because of the internals below.
 //
+// now() is refreshed once per iteration, before any anyloop callback runs.
+// On an owned loop every callback is ours, so the first of them in an
+// iteration (told by ev_iteration()) refreshes it: no watcher needed. On an
+// adopted loop the host's callbacks may read now() or start timers, so an
+// ev_check at EV_MAXPRI refreshes it after every poll (check watchers are
+// queued after polling, and the highest priority runs first).
+//
 // Internals, one each per loop:
-//   ev_check    at EV_MAXPRI: refreshes now() once per iteration. Check
-//               watchers are queued after polling, and the highest priority
-//               runs first, so this precedes every anyloop callback.
+//   ev_check    adopted loops only: the refresh above.
 //   ev_timer    armed for the earliest deadline of core's timer heap.
 //   ev_async    post()'s thread-safe wake-up; its callback runs posted work.
 //   ev_prepare  at EV_MINPRI, only while some ev_io was (re)started since the
@@ -60,11 +65,13 @@ public:
         ev_async_start(loop_, &async_);
         ev_unref(loop_);
 
-        ev_check_init(&check_, on_check);
-        check_.data = this;
-        ev_set_priority(&check_, EV_MAXPRI);
-        ev_check_start(loop_, &check_);
-        ev_unref(loop_);
+        if (!owned_) {
+            ev_check_init(&check_, on_check);
+            check_.data = this;
+            ev_set_priority(&check_, EV_MAXPRI);
+            ev_check_start(loop_, &check_);
+            ev_unref(loop_);
+        }
 
         ev_init(&timer_, on_timer);
         timer_.data = this;
@@ -82,8 +89,10 @@ public:
             ev_ref(loop_);
             ev_prepare_stop(loop_, &prepare_);
         }
-        ev_ref(loop_);
-        ev_check_stop(loop_, &check_);
+        if (ev_is_active(&check_)) {
+            ev_ref(loop_);
+            ev_check_stop(loop_, &check_);
+        }
         ev_ref(loop_);
         ev_async_stop(loop_, &async_);
         if (holding_ref_) ev_unref(loop_);  // a ref() never matched by unref()
@@ -209,6 +218,7 @@ private:
     }
 
     void io_ready(LibevIoNode* node, int revents) noexcept {
+        refresh_now();
         DispatchScope scope(*this);
         reconcile(node);
         Io ready = Io::none;
@@ -293,7 +303,9 @@ private:
     }
 
     static void on_signal(struct ev_loop*, ev_signal* watcher, int) noexcept {
-        static_cast<LibevLoop*>(watcher->data)->dispatch_signal(watcher->signum);
+        auto* self = static_cast<LibevLoop*>(watcher->data);
+        self->refresh_now();
+        self->dispatch_signal(watcher->signum);
     }
 
     // ---- running -----------------------------------------------------------
@@ -310,19 +322,31 @@ private:
     void wake() noexcept override { ev_async_send(loop_, &async_); }
 
     static void on_async(struct ev_loop*, ev_async* async, int) noexcept {
-        static_cast<LibevLoop*>(async->data)->run_posted();
+        auto* self = static_cast<LibevLoop*>(async->data);
+        self->refresh_now();
+        self->run_posted();
     }
 
     static void on_check(struct ev_loop*, ev_check* check, int) noexcept {
         static_cast<LibevLoop*>(check->data)->update_now();
     }
 
-    // Only a failure breaks ev_run: in anyloop's own run() every ev_run is a
-    // single iteration anyway, and a host's ev_run must not end because of a
-    // plain stop() (see libev.hpp). EVBREAK_ONE ends the innermost ev_run
-    // only, so a run_once() nested in a host callback leaves the host's going.
+    // Owned loops: the first callback of each iteration refreshes now()
+    // (adopted ones have the check watcher do it; see the top of the file).
+    void refresh_now() noexcept {
+        if (!owned_) return;
+        const unsigned int iteration = ev_iteration(loop_);
+        if (iteration == now_iteration_) return;
+        now_iteration_ = iteration;
+        update_now();
+    }
+
+    // A failure breaks any ev_run; a plain stop() only the one run() of an
+    // owned loop runs (a host's ev_run must not end because of it: see
+    // libev.hpp). EVBREAK_ONE ends the innermost ev_run only, so a
+    // run_once() nested in a host callback leaves the host's going.
     void break_iteration() noexcept override {
-        if (failed()) ev_break(loop_, EVBREAK_ONE);
+        if (failed() || in_run_) ev_break(loop_, EVBREAK_ONE);
     }
 
     void iterate(bool block) override {
@@ -330,10 +354,27 @@ private:
         ev_run(loop_, block ? EVRUN_ONCE : EVRUN_NOWAIT);
     }
 
+    // An owned loop's run() is one ev_run: entering ev_run costs about a
+    // hundred instructions per call. It returns when our one ev_ref goes
+    // (alive() turned false) or at a break (stop() or a failure), after the
+    // iteration, as core's run() would. Every callback brackets its own
+    // dispatch, so released watchers are still freed as they go.
+    void run_iterations() override {
+        if (!owned_) {
+            iterate(true);
+            return;
+        }
+        in_run_ = true;
+        ev_run(loop_, 0);
+        in_run_ = false;
+    }
+
     struct ev_loop* loop_;
     bool owned_;
     bool holding_ref_ = false;  // the one ev_ref that mirrors alive()
+    bool in_run_ = false;       // run_iterations()' ev_run is on the stack
     TimePoint armed_for_ = TimePoint::min();
+    unsigned int now_iteration_ = static_cast<unsigned int>(-1);  // owned: the iteration now() was read in
     ev_async async_{};
     ev_check check_{};
     ev_timer timer_{};

@@ -16,8 +16,14 @@
 //  * EVLOOP_ONCE: libevent also skips internal events when deciding whether
 //    an iteration "had an event", so an iteration that ran only internal
 //    callbacks would go on waiting. Each callback of ours that did anything
-//    therefore activates a counted, never-added "progress" event, which the
-//    same iteration runs as a no-op and which ends EVLOOP_ONCE.
+//    therefore activates (once per pass) a counted, never-added "progress"
+//    event, which the same pass runs as a no-op and which ends EVLOOP_ONCE.
+//  * An owned base is run by nobody but this file, always with
+//    EVLOOP_NO_EXIT_ON_EMPTY (libevent's count of events is never asked),
+//    so there the I/O events, the hot path, are counted ones: they end
+//    EVLOOP_ONCE by themselves and need no progress event. run() on an
+//    owned base is one event_base_loop for all its iterations (see
+//    run_iterations()).
 #include <anyloop/backends/libevent.hpp>
 
 #include <event2/event.h>
@@ -94,7 +100,7 @@ public:
         event_assign(&alive_, base_, wake_fd_, EV_READ | EV_PERSIST, &LibeventLoop::on_wake, this);
         evtimer_assign(&timer_, base_, &LibeventLoop::on_timer, this);
         mark_internal(timer_);
-        evtimer_assign(&progress_, base_, &LibeventLoop::on_progress, nullptr);
+        evtimer_assign(&progress_, base_, &LibeventLoop::on_progress, this);
         if (event_add(&wake_, nullptr) != 0) {
             ::close(wake_fd_);
             throw std::runtime_error("libevent: event_add of the wake-up eventfd failed");
@@ -137,7 +143,7 @@ private:
         if ((what & EV_READ) != 0) revents = revents | Io::read;
         if ((what & EV_WRITE) != 0) revents = revents | Io::write;
         loop.dispatch_io(node, revents);  // may release node: do not touch it below
-        loop.note_progress();
+        if (!loop.owned_) loop.note_progress();  // owned: the event itself counts
     }
 
     static void on_wake(evutil_socket_t, short, void* arg) noexcept {
@@ -150,7 +156,7 @@ private:
         [[maybe_unused]] auto n = ::read(loop.wake_fd_, &count, sizeof count);
         if (!loop.has_posted()) return;
         loop.run_posted();
-        loop.note_progress();
+        loop.note_progress();  // also ends run_iterations() if that emptied the last of alive()
     }
 
     static void on_timer(evutil_socket_t, short, void* arg) noexcept {
@@ -173,9 +179,19 @@ private:
         loop.note_progress();
     }
 
-    static void on_progress(evutil_socket_t, short, void*) noexcept {}
+    static void on_progress(evutil_socket_t, short, void* arg) noexcept {
+        auto& loop = *static_cast<LibeventLoop*>(arg);
+        loop.progress_active_ = false;
+        // Queued behind every callback of this pass, so this ends
+        // run_iterations() after the iteration, as core's run() would.
+        if (loop.in_run_ && !loop.alive()) event_base_loopbreak(loop.base_);
+    }
 
-    void note_progress() noexcept { event_active(&progress_, EV_TIMEOUT, 1); }
+    void note_progress() noexcept {
+        if (progress_active_) return;  // already queued to run in this pass
+        progress_active_ = true;
+        event_active(&progress_, EV_TIMEOUT, 1);
+    }
 
     // ---- I/O --------------------------------------------------------------
 
@@ -207,7 +223,7 @@ private:
     void assign_and_add(LibeventNode* node) {
         event_assign(&node->native, base_, node->fd, static_cast<short>(event_mask(node->events) | EV_PERSIST),
                      &LibeventLoop::on_io, node);
-        mark_internal(node->native);
+        if (!owned_) mark_internal(node->native);  // see the top of the file
         if (node->events == Io::none) return;
         if (event_add(&node->native, nullptr) != 0) {
             throw std::runtime_error("libevent: cannot watch fd " + std::to_string(node->fd) +
@@ -260,8 +276,12 @@ private:
     }
 
     void alive_changed(bool alive) override {
-        if (alive) event_add(&alive_, nullptr);
-        else event_del(&alive_);
+        if (alive) {
+            event_add(&alive_, nullptr);
+        } else {
+            event_del(&alive_);
+            if (in_run_) note_progress();  // on_progress ends run_iterations()
+        }
     }
 
     void wake() noexcept override {
@@ -290,16 +310,41 @@ private:
         iterating_ = false;
         // A break can leave the progress event queued; it would only make the
         // next EVLOOP_ONCE return early.
-        event_del(&progress_);
+        if (progress_active_) {
+            event_del(&progress_);
+            progress_active_ = false;
+        }
         if (result < 0) {
             throw std::logic_error("libevent: event_base_loop failed; run() and run_once() must not be called "
                                    "while the host's event_base_loop runs on the same event_base");
         }
     }
 
+    // An owned base's run() is one event_base_loop: entering it costs about
+    // a hundred instructions per call, and counted I/O events end no
+    // EVLOOP_ONCE here. It ends at a break: stop() or a failure
+    // (break_iteration()), or on_progress() once alive() turned false.
+    // Every callback brackets its own dispatch, so released watchers are
+    // still freed as they go.
+    void run_iterations() override {
+        if (!owned_) {
+            iterate(true);
+            return;
+        }
+        iterating_ = in_run_ = true;
+        event_base_loop(base_, EVLOOP_NO_EXIT_ON_EMPTY);  // only ever fails while already running
+        iterating_ = in_run_ = false;
+        if (progress_active_) {
+            event_del(&progress_);
+            progress_active_ = false;
+        }
+    }
+
     struct event_base* base_;
     bool owned_;
     bool iterating_ = false;
+    bool progress_active_ = false;  // progress_ is queued and has not run yet
+    bool in_run_ = false;           // run_iterations()' event_base_loop is on the stack
     int wake_fd_ = -1;
     struct event wake_ {};
     struct event alive_ {};

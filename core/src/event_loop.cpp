@@ -43,6 +43,7 @@ EventLoop::~EventLoop() {
         graveyard_ = node->next_released;
         delete node;
     }
+    while (parked_ != nullptr) delete std::exchange(parked_, parked_->next);
     for (detail::WatcherNode* node = live_nodes_; node != nullptr; node = node->next_live) node->loop = nullptr;
     // Last, when every watcher is inert: the hooks may destroy some.
     std::map<std::uint64_t, std::function<void()>> hooks = std::move(destroy_hooks_);
@@ -99,7 +100,7 @@ void EventLoop::run() {
     rethrow_failure();
     update_now();  // the cache may be stale from long before this run
     stop_requested_ = false;
-    while (!stop_requested_ && alive()) iterate(true);
+    while (!stop_requested_ && alive()) run_iterations();
     stop_requested_ = false;
     rethrow_failure();
 }
@@ -165,7 +166,18 @@ void EventLoop::run_posted() noexcept {
         posted_pending_.store(false, std::memory_order_release);
         batch.swap(posted_);
     }
-    for (auto& fn : batch) guarded(fn);
+    for (auto& fn : batch) {
+        if (!fn) continue;
+        // Nothing can reach `batch` but this loop, so the call needs none
+        // of guarded()'s care for replaced callbacks.
+        ++dispatch_depth_;
+        try {
+            fn();
+        } catch (...) {
+            record_failure(std::current_exception());
+        }
+        if (--dispatch_depth_ == 0 && graveyard_ != nullptr) free_released();
+    }
     batch.clear();
     // Hand the capacity back so steady posting does not allocate vectors.
     std::lock_guard lock(posted_mutex_);
@@ -234,6 +246,53 @@ void EventLoop::free_released() noexcept {
         detail::WatcherNode* node = graveyard_;
         graveyard_ = node->next_released;
         free_node(node);
+    }
+}
+
+// ---- callbacks replaced while running ---------------------------------------
+
+namespace {
+template <typename Node>
+struct Parked final : detail::ParkedCallback {
+    using Callback = decltype(Node::callback);
+    Parked(Node* target, Callback&& replacement) noexcept : callback(std::move(replacement)) { node = target; }
+    void install() noexcept override { static_cast<Node*>(node)->callback = std::move(callback); }
+    Callback callback;
+};
+}  // namespace
+
+template <typename Node, typename Callback>
+void EventLoop::replace_callback(Node* node, Callback callback) {
+    // Overwriting a running std::function would pull its closure (the
+    // captures the running code still reads) from under it.
+    if (!node->running) {
+        node->callback = std::move(callback);
+        return;
+    }
+    for (detail::ParkedCallback* parked = parked_; parked != nullptr; parked = parked->next) {
+        if (parked->node == node) {
+            static_cast<Parked<Node>*>(parked)->callback = std::move(callback);
+            return;
+        }
+    }
+    auto* parked = new Parked<Node>(node, std::move(callback));
+    parked->next = parked_;
+    parked_ = parked;
+}
+
+void EventLoop::install_parked() noexcept {
+    // Called after every callback while anything is parked. A node whose
+    // callback is still on the stack (a nested dispatch) keeps waiting; the
+    // node itself is alive, since guarded() runs inside a dispatch.
+    detail::ParkedCallback** link = &parked_;
+    while (detail::ParkedCallback* parked = *link) {
+        if (parked->node->running) {
+            link = &parked->next;
+            continue;
+        }
+        *link = parked->next;
+        parked->install();
+        delete parked;
     }
 }
 
@@ -340,7 +399,7 @@ void EventLoop::run_due_timers() noexcept {
             heap_erase(node);
             watcher_deactivated(node);
         }
-        guarded(node->callback);
+        guarded(node);
     }
     timers_changed();
 }
@@ -450,7 +509,7 @@ void EventLoop::dispatch_signal(int signo) noexcept {
     for (detail::SignalNode* node : signal_watchers_)
         if (node->signo == signo) targets.push_back(node);
     for (detail::SignalNode* node : targets)
-        if (node->active) guarded(node->callback, signo);
+        if (node->active) guarded(node, signo);
 }
 
 // ---- watcher handles --------------------------------------------------------
@@ -485,7 +544,10 @@ void IoWatcher::set_events(Io events) {
 
 void IoWatcher::set_callback(IoCallback callback) {
     if (node_ == nullptr) throw orphaned("IoWatcher::set_callback");
-    node_->callback = std::move(callback);
+    if (node_->loop != nullptr)
+        node_->loop->replace_callback(node_, std::move(callback));
+    else
+        node_->callback = std::move(callback);
 }
 
 void IoWatcher::set_keepalive(bool keepalive) noexcept {
@@ -528,7 +590,10 @@ void TimerWatcher::set_repeat(Duration repeat) noexcept {
 
 void TimerWatcher::set_callback(TimerCallback callback) {
     if (node_ == nullptr) throw orphaned("TimerWatcher::set_callback");
-    node_->callback = std::move(callback);
+    if (node_->loop != nullptr)
+        node_->loop->replace_callback(node_, std::move(callback));
+    else
+        node_->callback = std::move(callback);
 }
 
 void TimerWatcher::set_keepalive(bool keepalive) noexcept {
@@ -567,7 +632,10 @@ void SignalWatcher::stop() noexcept {
 
 void SignalWatcher::set_callback(SignalCallback callback) {
     if (node_ == nullptr) throw orphaned("SignalWatcher::set_callback");
-    node_->callback = std::move(callback);
+    if (node_->loop != nullptr)
+        node_->loop->replace_callback(node_, std::move(callback));
+    else
+        node_->callback = std::move(callback);
 }
 
 void SignalWatcher::set_keepalive(bool keepalive) noexcept {

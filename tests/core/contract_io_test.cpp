@@ -366,6 +366,53 @@ TEST_P(IoContract, DestroyInsideOwnCallback) {
     expect_loop_empty();
 }
 
+TEST_P(IoContract, CallbackReplacedInsideItself) {
+    // The running closure keeps its captures after set_callback() replaced
+    // it. Two shapes: a closure small enough to live inside the
+    // std::function (overwriting the slot would change its captures under
+    // it), and one on the heap (destroying it would free them; ASan sees).
+    SocketPair pair;
+    write_all(pair.b, "abc", 3);  // never read: ready on every iteration
+    int small_calls = 0;
+    int heap_calls = 0;
+    int replacement_calls = 0;
+    IoWatcher watcher;
+    IoCallback replacement = [&replacement_calls, &watcher](Io) {
+        ++replacement_calls;
+        watcher.stop();
+    };
+    auto token = std::make_shared<int>(7);
+    IoCallback heap = [&heap_calls, &watcher, &replacement, guard = token](Io) {
+        watcher.set_callback(replacement);
+        ++heap_calls;
+        EXPECT_EQ(*guard, 7);
+    };
+    watcher = loop->io(pair.a, Io::read, [&small_calls, &watcher, &heap](Io) {
+        watcher.set_callback([](Io) { ADD_FAILURE() << "a callback replaced again in the same call ran"; });
+        watcher.set_callback(heap);  // the last replacement wins
+        ++small_calls;               // reads this closure's own captures
+    });
+    ASSERT_TRUE(run_until(*loop, [&] { return replacement_calls == 1; }));
+    EXPECT_EQ(small_calls, 1);
+    EXPECT_EQ(heap_calls, 1);
+    EXPECT_EQ(replacement_calls, 1);
+    heap = nullptr;
+    EXPECT_EQ(token.use_count(), 1) << "the replaced closure was not released";
+
+    // An empty callback set from inside: the watcher stays active and quiet.
+    int calls = 0;
+    watcher.set_callback([&](Io) {
+        ++calls;
+        watcher.set_callback(nullptr);
+    });
+    watcher.start();
+    run_for(*loop, quiet_period);
+    EXPECT_EQ(calls, 1);
+    EXPECT_TRUE(watcher.active());
+    watcher.stop();
+    expect_loop_empty();
+}
+
 TEST_P(IoContract, FdClosedAndNumberReusedByANewFd) {
     auto old_pair = std::make_unique<SocketPair>();
     const int number = old_pair->a;

@@ -217,6 +217,29 @@ TEST_P(TimerContract, DestroyInsideOwnCallback) {
     expect_loop_empty();
 }
 
+TEST_P(TimerContract, CallbackReplacedInsideItself) {
+    // As IoContract.CallbackReplacedInsideItself: the running closure (small
+    // enough to live inside the std::function) keeps its captures, and the
+    // replacement runs from the next expiry.
+    int first_calls = 0;
+    int second_calls = 0;
+    TimerWatcher ticker;
+    ticker = loop->timer(1ms, 1ms, [&first_calls, &ticker, &second_calls] {
+        ticker.set_callback([&second_calls, &ticker] {
+            ++second_calls;
+            ticker.stop();
+        });
+        ++first_calls;
+    });
+    TimerWatcher guard = loop->timer(5s, [&] { loop->stop(); });
+    guard.set_keepalive(false);
+    loop->run();
+    EXPECT_EQ(first_calls, 1);
+    EXPECT_EQ(second_calls, 1);
+    guard.stop();
+    expect_loop_empty();
+}
+
 TEST_P(TimerContract, NowIsCachedAndMonotonic) {
     TimePoint first{};
     TimePoint second{};

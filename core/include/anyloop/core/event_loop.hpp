@@ -33,6 +33,20 @@
 
 namespace anyloop {
 
+namespace detail {
+/// A callback given to set_callback() while the node's current one was
+/// running; EventLoop installs it when that call returns.
+struct ParkedCallback {
+    ParkedCallback() = default;
+    ParkedCallback(const ParkedCallback&) = delete;
+    ParkedCallback& operator=(const ParkedCallback&) = delete;
+    virtual ~ParkedCallback() = default;
+    virtual void install() noexcept = 0;
+    WatcherNode* node = nullptr;
+    ParkedCallback* next = nullptr;
+};
+}  // namespace detail
+
 /// An event loop. Everything attached to a loop (watchers, handles, servers)
 /// belongs to the one thread that runs it; post() is the door in from other
 /// threads. Obtain one with make_loop() (anyloop/backends/registry.hpp).
@@ -140,6 +154,12 @@ protected:
     virtual void break_iteration() noexcept {}
     /// One iteration: wait (if `block`) and dispatch everything ready.
     virtual void iterate(bool block) = 0;
+    /// run()'s body: blocking iterations, called again as long as no stop()
+    /// and alive(). One iterate(true) by default; a backend whose native
+    /// loop runs many iterations in one call more cheaply may do that, if it
+    /// ends the call after the iteration in which stop() was called
+    /// (break_iteration()) or alive() turned false (alive_changed()).
+    virtual void run_iterations() { iterate(true); }
 
     // ---- what core offers a backend --------------------------------------
 
@@ -162,7 +182,7 @@ protected:
     /// `revents`. Call inside a DispatchScope.
     void dispatch_io(detail::IoNode* node, Io revents) noexcept {
         revents = revents & node->events;
-        if (node->active && revents != Io::none) guarded(node->callback, revents);
+        if (node->active && revents != Io::none) guarded(node, revents);
     }
     /// Runs the callbacks of every active watcher of `signo` on this loop.
     void dispatch_signal(int signo) noexcept;
@@ -201,23 +221,31 @@ private:
     friend class TimerWatcher;
     friend class SignalWatcher;
 
-    // Runs a node's callback. The callback is moved out for the call, so a
-    // callback that replaces itself (set_callback) or releases its watcher
-    // never destroys the closure that is running; released nodes wait in the
-    // graveyard until the outermost dispatch ends.
-    template <typename Callback, typename... Args>
-    void guarded(Callback& slot, Args... args) noexcept {
-        if (!slot) return;
+    // Runs a node's callback in place. Nothing the callback does destroys
+    // or overwrites the closure that is running: a released node waits in
+    // the graveyard until the outermost dispatch ends, and a callback
+    // replaced while running (set_callback) is parked and installed when the
+    // call returns.
+    template <typename Node, typename... Args>
+    void guarded(Node* node, Args... args) noexcept {
+        if (!node->callback) return;
         ++dispatch_depth_;
-        Callback running = std::move(slot);
+        const bool outer = node->running;  // only a host's nested dispatch makes it true
+        node->running = true;
         try {
-            running(args...);
+            node->callback(args...);
         } catch (...) {
             record_failure(std::current_exception());
         }
-        if (!slot) slot = std::move(running);
+        node->running = outer;
+        if (parked_ != nullptr) install_parked();
         if (--dispatch_depth_ == 0 && graveyard_ != nullptr) free_released();
     }
+    // set_callback(): stores `callback` in node->callback, or parks it while
+    // the old one is running.
+    template <typename Node, typename Callback>
+    void replace_callback(Node* node, Callback callback);
+    void install_parked() noexcept;
     void record_failure(std::exception_ptr error) noexcept;
     void rethrow_failure();
 
@@ -251,6 +279,7 @@ private:
 
     int dispatch_depth_ = 0;
     detail::WatcherNode* graveyard_ = nullptr;
+    detail::ParkedCallback* parked_ = nullptr;
     detail::WatcherNode* live_nodes_ = nullptr;
 
     std::vector<detail::IoNode*> fd_owner_;

@@ -46,6 +46,7 @@ struct WatcherNode {
     EventLoop* loop = nullptr;
     bool active = false;
     bool keepalive = true;
+    bool running = false;                  // its callback is on the stack (EventLoop::guarded)
     WatcherNode* next_released = nullptr;  // graveyard link
     WatcherNode* prev_live = nullptr;      // the loop's list of live nodes
     WatcherNode* next_live = nullptr;
