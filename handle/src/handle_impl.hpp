@@ -118,9 +118,9 @@ public:
     ReadBuffer rbuf_;
     ReaderQueue readers_;
     WriteQueue queue_;   // bytes for the socket
-    WriteQueue plain_{false};  // with a layer: plaintext the layer has not taken yet, piece by piece
+    WriteQueue plain_;   // with a layer: plaintext the layer has not taken yet
     std::unique_ptr<StreamLayer> layer_;
-    WriteQueue after_layer_{false};  // queued after stoptls(): goes out plain once the layer is gone
+    WriteQueue after_layer_;  // queued after stoptls(): goes out plain once the layer is gone
     std::string layer_rest_;   // socket input the closed layer did not take: plain input after it
     TimePoint layer_since_;    // when the layer was installed (the TLS handshake timeout)
     IoWatcher io_;       // created on first use
@@ -164,7 +164,7 @@ public:
     bool run_front_reader();
     bool deliver(std::size_t offset, std::size_t length, std::size_t consume);
     void end_of_input();
-    void feed_layer(const char* bytes, std::size_t size);
+    void feed_layer(const char* bytes, std::size_t size, std::span<char> scratch = {});
     void check_layer_input();
     void layer_input_closed();
     void finish_stoptls();
@@ -174,7 +174,7 @@ public:
     bool layer_has_more() {
         return layer_ && !dead_ && layer_->has_buffered_input() && drain_layer_plaintext() > 0;
     }
-    std::size_t drain_layer_plaintext();
+    std::size_t drain_layer_plaintext(std::span<char> scratch = {});
     void adapt_read_size(std::size_t got, std::size_t asked) noexcept;
 
     // ---- writing (handle_io.cpp) ---------------------------------------------

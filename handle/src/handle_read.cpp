@@ -87,8 +87,9 @@ std::error_code errno_code(int error) noexcept { return {error, std::generic_cat
 
 void HandleImpl::read_ready() {
     char spill[kSpillSize];
-    // If a callback throws while readers look at `spill` in place, keep
-    // what they left before the stack frame goes away.
+    // Input still borrowed from `spill` (plain bytes, or a layer's decoded
+    // ones) is copied into the buffer's storage on every way out — an early
+    // return or a callback's exception — before the stack frame goes away.
     struct KeepInputOnUnwind {
         ReadBuffer& input;
         ~KeepInputOnUnwind() {
@@ -140,7 +141,7 @@ void HandleImpl::read_ready() {
         last_activity_ = last_read_ = loop_.now();
         adapt_read_size(got, asked);
         if (layer_) {
-            feed_layer(spill, got);
+            feed_layer(spill, got, {spill, sizeof spill});
             if (dead_) return;
             // on_starttls comes before the data that arrived with the end of
             // the handshake; on_stoptls after the data that came over TLS
@@ -192,17 +193,20 @@ void HandleImpl::adapt_read_size(std::size_t got, std::size_t asked) noexcept {
     }
 }
 
-void HandleImpl::feed_layer(const char* bytes, std::size_t size) {
+// `scratch` (may be `bytes` itself) is free for decoded input once the
+// layer took every byte: plaintext is then borrowed from it, as plain input
+// is from the spill buffer, instead of being copied into the read buffer.
+void HandleImpl::feed_layer(const char* bytes, std::size_t size, std::span<char> scratch) {
     std::size_t offset = 0;
     while (offset < size) {
         const std::size_t taken =
             layer_->feed_input({reinterpret_cast<const std::byte*>(bytes) + offset, size - offset});
         offset += taken;
-        const std::size_t decoded = drain_layer_plaintext();
+        // Drained after every feed, so nothing waits in the layer below.
+        const std::size_t decoded = drain_layer_plaintext(offset == size ? scratch : std::span<char>{});
         if (layer_->error() || layer_->input_closed()) break;
         if (taken == 0 && decoded == 0) break;  // the layer takes no more input
     }
-    drain_layer_plaintext();
     if (const std::error_code error = layer_->error()) {
         fail(error, where() + layer_->error_message(), true);
         return;
@@ -267,15 +271,19 @@ void HandleImpl::report_layer_events() {
     }
 }
 
-std::size_t HandleImpl::drain_layer_plaintext() {
+std::size_t HandleImpl::drain_layer_plaintext(std::span<char> scratch) {
     std::size_t total = 0;
+    if (!scratch.empty() && rbuf_.empty()) {
+        total = layer_->read_plaintext({reinterpret_cast<std::byte*>(scratch.data()), scratch.size()});
+        if (total > 0) rbuf_.borrow(scratch.data(), total);
+        if (total < scratch.size()) return total;
+    }
     for (;;) {
         const std::span<char> room = rbuf_.prepare(std::max<std::size_t>(read_size_, 16 * 1024));
         const std::size_t got = layer_->read_plaintext({reinterpret_cast<std::byte*>(room.data()), room.size()});
         rbuf_.commit(got);
         total += got;
-        // An empty room (rbuf_max reached) ends the loop too: nothing more fits.
-        if (room.empty() || got < room.size()) return total;
+        if (got < room.size()) return total;
     }
 }
 
