@@ -165,6 +165,7 @@ public:
     bool deliver(std::size_t offset, std::size_t length, std::size_t consume);
     void end_of_input();
     void feed_layer(const char* bytes, std::size_t size, std::span<char> scratch = {});
+    void layer_input_done(const char* rest, std::size_t rest_size);
     void check_layer_input();
     void layer_input_closed();
     void finish_stoptls();

@@ -110,7 +110,12 @@ void HandleImpl::read_ready() {
                                        : std::numeric_limits<std::size_t>::max();
         std::size_t asked = std::min(sizeof spill, budget);
         ssize_t n;
-        if (layer_ || rbuf_.empty()) {
+        // A layer that offers room gets the bytes read straight into it.
+        std::span<std::byte> direct = layer_ ? layer_->input_space() : std::span<std::byte>{};
+        if (!direct.empty()) {
+            asked = std::min(direct.size(), budget);
+            n = ::read(fd_, direct.data(), asked);
+        } else if (layer_ || rbuf_.empty()) {
             n = ::read(fd_, spill, asked);
             if (n > 0 && !layer_) rbuf_.borrow(spill, static_cast<std::size_t>(n));
         } else {
@@ -141,7 +146,13 @@ void HandleImpl::read_ready() {
         last_activity_ = last_read_ = loop_.now();
         adapt_read_size(got, asked);
         if (layer_) {
-            feed_layer(spill, got, {spill, sizeof spill});
+            if (!direct.empty()) {
+                layer_->commit_input(got);
+                drain_layer_plaintext({spill, sizeof spill});
+                layer_input_done(nullptr, 0);
+            } else {
+                feed_layer(spill, got, {spill, sizeof spill});
+            }
             if (dead_) return;
             // on_starttls comes before the data that arrived with the end of
             // the handshake; on_stoptls after the data that came over TLS
@@ -207,6 +218,14 @@ void HandleImpl::feed_layer(const char* bytes, std::size_t size, std::span<char>
         if (layer_->error() || layer_->input_closed()) break;
         if (taken == 0 && decoded == 0) break;  // the layer takes no more input
     }
+    layer_input_done(bytes + offset, size - offset);
+}
+
+// After input went into the layer (and its plaintext into the read
+// buffer): errors, the end of the handshake, the peer's end of the layer
+// (`rest`: socket bytes the layer did not take), and output the layer
+// produced while reading (handshake messages, alerts).
+void HandleImpl::layer_input_done(const char* rest, std::size_t rest_size) {
     if (const std::error_code error = layer_->error()) {
         fail(error, where() + layer_->error_message(), true);
         return;
@@ -214,7 +233,7 @@ void HandleImpl::feed_layer(const char* bytes, std::size_t size, std::span<char>
     check_layer_input();
     if (layer_->input_closed()) {
         // What the layer did not take follows its end: plain input after a stoptls.
-        layer_rest_.append(bytes + offset, size - offset);
+        if (rest_size > 0) layer_rest_.append(rest, rest_size);
         layer_input_closed();
         if (dead_ || !layer_) return;
     }

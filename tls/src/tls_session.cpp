@@ -239,11 +239,14 @@ TlsSession& TlsSession::operator=(TlsSession&&) noexcept = default;
 std::size_t TlsSession::feed_ciphertext(std::span<const std::byte> ciphertext) {
     detail::SessionState& s = *impl_;
     std::size_t accepted = 0;
+    bool refused = false;
     while (accepted < ciphertext.size() && s.accepts_input()) {
         const int wrote = BIO_write(s.network, ciphertext.data() + accepted, clamp_int(ciphertext.size() - accepted));
         if (wrote > 0) {
             accepted += static_cast<std::size_t>(wrote);
             s.read_starved = false;
+        } else {
+            refused = true;
         }
         if (s.handshake_done) {
             // Application data waits in the ring for read_plaintext(); when the
@@ -254,7 +257,7 @@ std::size_t TlsSession::feed_ciphertext(std::span<const std::byte> ciphertext) {
             if (wrote <= 0 && BIO_ctrl_get_write_guarantee(s.network) == 0) break;
         }
     }
-    detail::clear_openssl_errors();  // a refused BIO_write leaves an entry we do not need
+    if (refused) detail::clear_openssl_errors();  // a refused BIO_write leaves an entry we do not need
     return accepted;
 }
 
@@ -263,8 +266,10 @@ std::span<std::byte> TlsSession::ciphertext_input_space() {
     if (!s.accepts_input()) return {};
     char* space = nullptr;
     const auto size = BIO_nwrite0(s.network, &space);
-    detail::clear_openssl_errors();
-    if (size <= 0 || !space) return {};
+    if (size <= 0 || !space) {
+        detail::clear_openssl_errors();  // a full ring queues an entry
+        return {};
+    }
     return {reinterpret_cast<std::byte*>(space), static_cast<std::size_t>(size)};
 }
 
@@ -274,9 +279,10 @@ void TlsSession::commit_ciphertext_input(std::size_t bytes) {
     if (!s.accepts_input()) throw std::logic_error("TlsSession::commit_ciphertext_input: the session takes no input");
     char* space = nullptr;
     const int committed = BIO_nwrite(s.network, &space, clamp_int(bytes));
-    detail::clear_openssl_errors();
-    if (committed < 0 || static_cast<std::size_t>(committed) != bytes)
+    if (committed < 0 || static_cast<std::size_t>(committed) != bytes) {
+        detail::clear_openssl_errors();
         throw std::logic_error("TlsSession::commit_ciphertext_input: more bytes than ciphertext_input_space() offered");
+    }
     s.read_starved = false;
     if (!s.handshake_done) s.drive_handshake();
 }

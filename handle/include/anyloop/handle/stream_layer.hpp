@@ -44,6 +44,12 @@ public:
     /// read_plaintext() before offering the rest. Taking none while
     /// read_plaintext() yields nothing ends the input (the rest is dropped).
     virtual std::size_t feed_input(std::span<const std::byte> bytes) = 0;
+    /// Zero-copy alternative to feed_input(): room inside the layer to read
+    /// the socket into directly, then commit_input() of what was read.
+    /// Empty (the default) when the layer offers none; the Handle then
+    /// feeds a copy.
+    [[nodiscard]] virtual std::span<std::byte> input_space() { return {}; }
+    virtual void commit_input(std::size_t bytes) { (void)bytes; }
     /// The socket reached end of file.
     virtual void feed_eof() = 0;
     /// Decodes into `buffer` and returns the bytes written there; a result
