@@ -84,7 +84,7 @@ bool Connection::read_proxy_header(ReadBuffer& input) {
     // LOCAL (a balancer's health check) keeps the balancer's own address.
     if (!result.header.local && result.header.source_length > 0)
         set_remote(result.header.source, result.header.source_length);
-    if (!core_.allowed(remote_sockaddr(), remote_length_, listener_address_)) {
+    if (!core_.allowed(remote_sockaddr(), remote_length_, listener_address_, &remote_host_)) {
         finish(false);
         return true;
     }

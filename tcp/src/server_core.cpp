@@ -3,6 +3,7 @@
 #include "server_core.hpp"
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -170,10 +171,16 @@ void ServerCore::pause_accepting() {
     });
 }
 
-bool ServerCore::allowed(const sockaddr* address, socklen_t length, const std::string& listener) {
+bool ServerCore::allowed(const sockaddr* address, socklen_t length, const std::string& listener,
+                         std::string* host_name) {
     // The rules are about network addresses; a unix socket peer has none.
-    if (shared_.options.access.empty() || address->sa_family == AF_UNIX) return true;
-    const AccessDecision decision = shared_.options.access.check(address, length);
+    if (address->sa_family == AF_UNIX) return true;
+    char host[NI_MAXHOST] = "";
+    if (shared_.options.reverse_lookups &&
+        ::getnameinfo(address, length, host, sizeof host, nullptr, 0, NI_NAMEREQD) == 0 && host_name != nullptr)
+        *host_name = host;
+    if (shared_.options.access.empty()) return true;
+    const AccessDecision decision = shared_.options.access.check(address, length, host);
     if (decision.allowed) return true;
     shared_.denied.fetch_add(1, std::memory_order_relaxed);
     if (logger_.enabled(LogLevel::notice))
@@ -185,7 +192,8 @@ bool ServerCore::allowed(const sockaddr* address, socklen_t length, const std::s
 void ServerCore::serve(int fd, sockaddr_storage& address, socklen_t length, const Listener& listener) {
     unmap_ipv4(address, length);
     const auto* generic = reinterpret_cast<const sockaddr*>(&address);
-    if (!listener.socket.proxy_protocol && !allowed(generic, length, listener.socket.address)) {
+    std::string host_name;
+    if (!listener.socket.proxy_protocol && !allowed(generic, length, listener.socket.address, &host_name)) {
         ::close(fd);
         shared_.release(*this);
         return;
@@ -194,6 +202,7 @@ void ServerCore::serve(int fd, sockaddr_storage& address, socklen_t length, cons
     std::shared_ptr<Connection> connection(new Connection(*this, serial));
     try {
         connection->set_remote(address, length);
+        connection->remote_host_ = std::move(host_name);
         connection->listener_address_ = listener.socket.address;
         connection->tls_ctx_ = listener.socket.tls_ctx;
         connection->handle_ = std::make_unique<Handle>(loop_, fd, shared_.options.handle);

@@ -97,7 +97,10 @@ public:
 
     // ---- for Connection -----------------------------------------------------
     /// The access rules on a peer address; logs and counts a refusal.
-    bool allowed(const sockaddr* address, socklen_t length, const std::string& listener);
+    /// Checks the access rules (with the host name, when reverse lookups
+    /// are on; `host_name` receives it). Logs and counts a refusal.
+    bool allowed(const sockaddr* address, socklen_t length, const std::string& listener,
+                 std::string* host_name = nullptr);
     /// The connection closed: callbacks, counters, and its removal.
     void closed(Connection& connection, bool was_connected);
     /// The connection reached the callbacks: list it for snapshot().

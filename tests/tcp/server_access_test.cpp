@@ -7,9 +7,11 @@
 #include "tcp/server_test_support.hpp"
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <cctype>
 #include <csignal>
 #include <fstream>
 #include <thread>
@@ -76,6 +78,63 @@ TEST_P(ServerAccessTest, RegexAndCidrRulesOnADualStackIpv6Listener) {
 
     ASSERT_TRUE(shut_down(*loop, allowing.server));
     ASSERT_TRUE(shut_down(*loop, denying.server));
+    expect_loop_empty();
+}
+
+// The name getnameinfo() gives 127.0.0.1 here ("localhost" from /etc/hosts
+// on Debian), or "" when it has none.
+std::string loopback_name() {
+    socklen_t length = 0;
+    const sockaddr_storage address = make_address("127.0.0.1", 0, length);
+    char host[NI_MAXHOST];
+    if (::getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host, nullptr, 0,
+                      NI_NAMEREQD) != 0)
+        return {};
+    return host;
+}
+
+TEST_P(ServerAccessTest, ReverseLookupsLetRegexesMatchTheHostName) {
+    const std::string name = loopback_name();
+    if (name.empty()) GTEST_SKIP() << "127.0.0.1 has no host name here (/etc/hosts)";
+    std::string quoted;
+    for (const char c : name) {
+        if (std::isalnum(static_cast<unsigned char>(c)) == 0) quoted += '\\';  // "." and "-" literally
+        quoted += c;
+    }
+
+    LogLines log;
+    ServerOptions options = loopback_options(log);
+    options.reverse_lookups = true;
+    options.access.allow("^" + quoted + "$");  // the name, not the address
+    TcpServer allowing(*loop, options);
+    std::string seen;
+    allowing.on_input([&](Connection& connection, std::string_view) {
+        seen = connection.remote_host();
+        connection.send(connection.remote_host());
+    });
+    allowing.start();
+    Peer peer(*loop, connect_tcp("127.0.0.1", allowing.port()));
+    peer.send("who\n");
+    ASSERT_TRUE(run_until(*loop, [&] { return !peer.received.empty() || peer.closed_by_server(); }, 5s));
+    EXPECT_EQ(peer.received, name + "\n");
+    EXPECT_EQ(seen, name);
+
+    options.access = {};
+    options.access.deny("^" + quoted + "$");
+    WhoServer denying(*loop, options);
+    EXPECT_EQ(ask(*loop, denying, "127.0.0.1", "127.0.0.1"), "") << "denied by its name";
+    EXPECT_EQ(denying.server.stats().denied, 1U);
+    EXPECT_TRUE(log.contains("denied 127.0.0.1:")) << log.all();
+
+    options.reverse_lookups = false;
+    WhoServer without(*loop, options);
+    EXPECT_EQ(ask(*loop, without, "127.0.0.1", "127.0.0.1").substr(0, 10), "127.0.0.1 ")
+        << "without lookups a name rule matches nothing";
+
+    peer.close();
+    ASSERT_TRUE(shut_down(*loop, allowing));
+    ASSERT_TRUE(shut_down(*loop, denying.server));
+    ASSERT_TRUE(shut_down(*loop, without.server));
     expect_loop_empty();
 }
 

@@ -114,6 +114,11 @@ struct ServerOptions {
     /// connection (after the header with the PROXY protocol). A refused
     /// client is closed at once and logged at notice level.
     AccessRules access;
+    /// Look up each IP client's host name (getnameinfo) so that allow and
+    /// deny regexes match it too, and Connection::remote_host() tells it.
+    /// Net::Server's reverse_lookups. The lookup blocks the loop thread:
+    /// immediate for /etc/hosts names, possibly long with DNS.
+    bool reverse_lookups = false;
 
     /// Turns input bytes into records; cloned for every connection.
     /// Default: LineFilter ("\n" or "\r\n" in, "\n" out).
@@ -174,6 +179,9 @@ public:
     /// protocol, the ones the header carried.
     [[nodiscard]] const std::string& remote_address() const noexcept { return remote_address_; }
     [[nodiscard]] std::uint16_t remote_port() const noexcept { return remote_port_; }
+    /// The client's host name with ServerOptions::reverse_lookups (empty
+    /// when off or when the address has no name).
+    [[nodiscard]] const std::string& remote_host() const noexcept { return remote_host_; }
     [[nodiscard]] const sockaddr* remote_sockaddr() const noexcept {
         return reinterpret_cast<const sockaddr*>(&remote_);
     }
@@ -218,6 +226,7 @@ private:
     sockaddr_storage remote_{};
     socklen_t remote_length_ = 0;
     std::string remote_address_;
+    std::string remote_host_;
     std::uint16_t remote_port_ = 0;
     std::string listener_address_;
     std::shared_ptr<TlsLayerFactory> tls_ctx_;  // the listener's TLS, started after the PROXY header
