@@ -163,6 +163,12 @@ int highest_open_fd() {
         server.on_input([](Connection& connection, std::string_view bytes) { connection.send(bytes); });
         server.start();
         server.handle_signals();
+        // UBSan's vptr check reads an object's type through a pipe the first
+        // time it meets that type; with no descriptor left it cannot, and it
+        // reports a false "invalid vptr". Let it meet an I/O watcher's and a
+        // timer's node now, while descriptors are free.
+        loop->io(report, Io::write, [](Io) {}).reset();
+        loop->timer(1h, [] {}).reset();
         rlimit limit{};
         ::getrlimit(RLIMIT_NOFILE, &limit);
         limit.rlim_cur = static_cast<rlim_t>(highest_open_fd() + 1 + 6);
