@@ -181,7 +181,7 @@ public:
     // ---- writing (handle_io.cpp) ---------------------------------------------
     void write_now(std::string_view bytes, std::string* owned);
     void flush();
-    bool pump_layer();
+    bool pump_layer(std::size_t& written);
     void after_write(std::size_t written);
     void do_shutdown() noexcept;
     void check_wbuf_max();

@@ -119,9 +119,18 @@ void HandleImpl::push_write_slow(std::string_view bytes, std::string* owned) {
             if (owned != nullptr) after_layer_.append(std::move(*owned));
             else after_layer_.append(bytes);
         } else if (layer_) {
-            if (owned != nullptr) plain_.append(std::move(*owned));
-            else plain_.append(bytes);
-            if (!nested && !write_blocked_) flush();
+            std::size_t taken = 0;
+            const bool large = bytes.size() > WriteQueue::kSmallChunk;
+            if (large && plain_.empty() && layer_ready_ && !write_blocked_) {
+                // Large: straight into the layer, as the plain path writes
+                // large bytes at once; only what it does not take is queued.
+                taken = layer_->write_plaintext(as_byte_span(bytes));
+            }
+            if (taken < bytes.size()) {
+                if (owned != nullptr) plain_.append(std::move(*owned), taken);
+                else plain_.append(bytes.substr(taken));
+            }
+            if ((!nested || taken > 0) && !write_blocked_) flush();
         } else if (write_blocked_ || (nested && queue_.size() + bytes.size() <= WriteQueue::kSmallChunk)) {
             // The fd is full (the write watcher flushes), or we are inside a
             // callback and the bytes are small: gather them, and settle()
@@ -206,7 +215,7 @@ void HandleImpl::flush() {
     // left plaintext stranded (no write interest with queue_ empty) when
     // the socket never filled.
     while (!dead_) {
-        const bool layer_moved = layer_ && pump_layer();
+        const bool layer_moved = layer_ && pump_layer(written);
         if (dead_) return;
         if (!queue_.empty()) {
             const int error = write_queue_to(fd_, is_socket_, queue_, &written);
@@ -225,9 +234,11 @@ void HandleImpl::flush() {
     after_write(written);
 }
 
-// Offers queued plaintext to the layer and queues what it produced. Returns
+// Offers queued plaintext to the layer and sends what it produced: straight
+// from the layer when nothing is queued before it, so only what the socket
+// refuses is copied into the queue. Adds what it sent to `written`. Returns
 // whether anything moved.
-bool HandleImpl::pump_layer() {
+bool HandleImpl::pump_layer(std::size_t& written) {
     bool moved = false;
     while (!plain_.empty()) {
         const std::string_view front = plain_.front();
@@ -242,7 +253,22 @@ bool HandleImpl::pump_layer() {
         layer_shutdown_ = true;
         layer_->shutdown();
     }
-    const std::span<const std::byte> output = layer_->pending_output();
+    std::span<const std::byte> output = layer_->pending_output();
+    if (!output.empty() && queue_.empty() && !write_blocked_) {
+        const iovec one{const_cast<std::byte*>(output.data()), output.size()};
+        const ssize_t n = write_vector(fd_, is_socket_, &one, 1);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            const int error = errno;
+            fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+            return false;
+        }
+        const std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
+        if (sent < output.size()) write_blocked_ = true;
+        layer_->consume_output(sent);
+        written += sent;
+        moved = moved || sent > 0;
+        output = layer_->pending_output();
+    }
     if (!output.empty()) {
         queue_.append(std::string_view(reinterpret_cast<const char*>(output.data()), output.size()));
         layer_->consume_output(output.size());
