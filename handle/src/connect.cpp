@@ -165,7 +165,7 @@ void ConnectState::on_ready() {
         attempt_failed(failure.code().value());
         try_next();
         return;
-    }    catch (const std::exception& failure) {
+    } catch (const std::exception& failure) {
         // TLS could not start (a context of the wrong role, a bad peer name):
         // no other address would do better.
         deliver(nullptr, std::make_error_code(std::errc::invalid_argument),

@@ -123,18 +123,9 @@ void HandleImpl::push_read(Reader&& reader, bool front) {
 
 void HandleImpl::set_paused(bool paused) {
     user_paused_ = paused;
-    // Input the layer still holds is invisible to the socket: fetch it.
-    if (!paused && layer_ && layer_->has_buffered_input() && !dead_) {
-        if (depth_ > 0) {
-            drain_layer_plaintext();
-            input_pending_ = true;
-        } else {
-            entered([&] {
-                drain_layer_plaintext();
-                dispatch_input();
-            });
-        }
-    }
+    // Input the layer may still hold is invisible to the socket: the
+    // readers fetch it (dispatch_input() drains the layer when they starve).
+    if (!paused && layer_ && !dead_) input_pending_ = true;
     interest_changed();
 }
 

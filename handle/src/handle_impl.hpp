@@ -182,6 +182,9 @@ public:
     void write_now(std::string_view bytes, std::string* owned);
     void flush();
     bool pump_layer(std::size_t& written);
+    bool queue_layer_output();
+    bool layer_failed();
+    void write_failed(int error);
     void after_write(std::size_t written);
     void do_shutdown() noexcept;
     void check_wbuf_max();

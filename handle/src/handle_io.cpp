@@ -167,8 +167,7 @@ void HandleImpl::write_now(std::string_view bytes, std::string* owned) {
     std::size_t written = 0;
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            const int error = errno;
-            fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+            write_failed(errno);
             return;
         }
     } else {
@@ -197,8 +196,7 @@ void HandleImpl::flush() {
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                const int error = errno;
-                fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+                write_failed(errno);
                 return;
             }
             n = 0;
@@ -224,7 +222,7 @@ void HandleImpl::flush() {
                 break;
             }
             if (error != 0) {
-                fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+                write_failed(error);
                 return;
             }
         }
@@ -253,13 +251,12 @@ bool HandleImpl::pump_layer(std::size_t& written) {
         layer_shutdown_ = true;
         layer_->shutdown();
     }
-    std::span<const std::byte> output = layer_->pending_output();
+    const std::span<const std::byte> output = layer_->pending_output();
     if (!output.empty() && queue_.empty() && !write_blocked_) {
         const iovec one{const_cast<std::byte*>(output.data()), output.size()};
         const ssize_t n = write_vector(fd_, is_socket_, &one, 1);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            const int error = errno;
-            fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
+            write_failed(errno);
             return false;
         }
         const std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
@@ -267,20 +264,33 @@ bool HandleImpl::pump_layer(std::size_t& written) {
         layer_->consume_output(sent);
         written += sent;
         moved = moved || sent > 0;
-        output = layer_->pending_output();
     }
-    if (!output.empty()) {
-        queue_.append(std::string_view(reinterpret_cast<const char*>(output.data()), output.size()));
-        layer_->consume_output(output.size());
-        moved = true;
-    }
-    if (const std::error_code error = layer_->error()) {
-        fail(error, where() + layer_->error_message(), true);
-        return false;
-    }
+    if (queue_layer_output()) moved = true;
+    if (layer_failed()) return false;
     // Our close_notify is queued and the peer's came: TLS is over.
     if (stoptls_requested_ && layer_shutdown_ && layer_->input_closed()) finish_stoptls();
     return moved;
+}
+
+// Copies what the layer produced into the queue; returns whether there was any.
+bool HandleImpl::queue_layer_output() {
+    const std::span<const std::byte> output = layer_->pending_output();
+    if (output.empty()) return false;
+    queue_.append(std::string_view(reinterpret_cast<const char*>(output.data()), output.size()));
+    layer_->consume_output(output.size());
+    return true;
+}
+
+// Whether the layer failed; if so, fails the Handle with its reason.
+bool HandleImpl::layer_failed() {
+    const std::error_code error = layer_->error();
+    if (!error) return false;
+    fail(error, where() + layer_->error_message(), true);
+    return true;
+}
+
+void HandleImpl::write_failed(int error) {
+    fail(errno_code(error), where() + "write failed: " + std::strerror(error), true);
 }
 
 void HandleImpl::after_write(std::size_t written) {
@@ -404,11 +414,7 @@ void HandleImpl::fail(std::error_code error, const std::string& message, bool fa
     if (fatal && layer_) {
         // Best effort: the layer's last words (a TLS alert telling the peer
         // why) go out before the fd closes.
-        const std::span<const std::byte> output = layer_->pending_output();
-        if (!output.empty()) {
-            queue_.append(std::string_view(reinterpret_cast<const char*>(output.data()), output.size()));
-            layer_->consume_output(output.size());
-        }
+        queue_layer_output();
         if (!queue_.empty() && fd_ >= 0) (void)write_queue_to(fd_, is_socket_, queue_);
         if (!layer_ready_ && !orphaned_) {
             layer_ready_ = true;  // reported: once

@@ -226,10 +226,7 @@ void HandleImpl::feed_layer(const char* bytes, std::size_t size, std::span<char>
 // (`rest`: socket bytes the layer did not take), and output the layer
 // produced while reading (handshake messages, alerts).
 void HandleImpl::layer_input_done(const char* rest, std::size_t rest_size) {
-    if (const std::error_code error = layer_->error()) {
-        fail(error, where() + layer_->error_message(), true);
-        return;
-    }
+    if (layer_failed()) return;
     check_layer_input();
     if (layer_->input_closed()) {
         // What the layer did not take follows its end: plain input after a stoptls.
@@ -311,10 +308,7 @@ void HandleImpl::end_of_input() {
     if (layer_) {
         layer_->feed_eof();
         drain_layer_plaintext();
-        if (const std::error_code error = layer_->error()) {
-            fail(error, where() + layer_->error_message(), true);
-            return;
-        }
+        if (layer_failed()) return;
     }
     dispatch_input();
     if (dead_ || orphaned_) return;
@@ -344,7 +338,7 @@ void HandleImpl::dispatch_input() {
             if (dead_ || orphaned_ || !layer_has_more()) break;
             continue;
         }
-        if (!on_read_.ready() || rbuf_.empty()) break;
+        if (!on_read_.ready() || (rbuf_.empty() && !layer_has_more())) break;
         const std::size_t before = rbuf_.size();
         invoke(on_read_);
         // on_read that took nothing waits for more input.

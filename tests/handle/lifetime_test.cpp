@@ -52,6 +52,18 @@ protected:
 
     void send(std::string_view bytes) { write_all(pair.b, bytes.data(), bytes.size()); }
 
+    // After a case destroyed the Handle: a new connection, Handle and peer.
+    void renew(bool peer_reads = true) {
+        if (handle) return;
+        TcpPair fresh;
+        peer.reset();
+        std::swap(pair.a, fresh.a);
+        std::swap(pair.b, fresh.b);
+        handle = std::make_unique<Handle>(*loop, pair.take_a());
+        peer = std::make_unique<RawPeer>(*loop, pair.b, peer_reads);
+        destroyed = 0;
+    }
+
     TcpPair pair;
     std::unique_ptr<Handle> handle;
     std::unique_ptr<RawPeer> peer;
@@ -83,15 +95,7 @@ TEST_P(LifetimeTest, InsideEachReader) {
          "custom"},
     };
     for (const auto& [make, input] : cases) {
-        if (!handle) {
-            TcpPair fresh;
-            peer.reset();
-            std::swap(pair.a, fresh.a);
-            std::swap(pair.b, fresh.b);
-            handle = std::make_unique<Handle>(*loop, pair.take_a());
-            peer = std::make_unique<RawPeer>(*loop, pair.b);
-            destroyed = 0;
-        }
+        renew();
         handle->push_read(make([this, guard = token](Handle& h, std::string_view) { destroy_from_callback(h, guard); }));
         // A second reader that must never run.
         handle->push_read(Reader::available([](Handle&, std::string_view) { ADD_FAILURE() << "ran after destroy"; }));
@@ -164,15 +168,7 @@ TEST_P(LifetimeTest, InsideOnDrainFromTheWriteWatcher) {
 
 TEST_P(LifetimeTest, InsideEachTimeout) {
     for (int which = 0; which < 3; ++which) {
-        if (!handle) {
-            TcpPair fresh;
-            peer.reset();
-            std::swap(pair.a, fresh.a);
-            std::swap(pair.b, fresh.b);
-            handle = std::make_unique<Handle>(*loop, pair.take_a());
-            peer = std::make_unique<RawPeer>(*loop, pair.b, /*reading=*/which != 2);
-            destroyed = 0;
-        }
+        renew(/*peer_reads=*/which != 2);
         auto destroy = [this, guard = token](Handle& h) { destroy_from_callback(h, guard); };
         if (which == 0) {
             handle->on_timeout(destroy);
