@@ -76,7 +76,7 @@ std::string HandleImpl::where() const { return "fd " + std::to_string(fd_) + ": 
 
 
 void HandleImpl::orphan() noexcept {
-    orphaned_ = true;
+    flags_.orphaned = true;
     owner_ = nullptr;
     clear_callbacks();
     readers_.clear();
@@ -98,10 +98,10 @@ void HandleImpl::clear_callbacks() noexcept {
 // Something that may let readers progress changed (a reader or on_read was
 // added, or input became available outside a read).
 void HandleImpl::input_changed() {
-    if (dead_) return;
+    if (flags_.dead) return;
     if (depth_ > 0) {
         // Inside a callback: the running dispatch loop, or settle(), takes it.
-        if (!rbuf_.empty()) input_pending_ = true;
+        if (!rbuf_.empty()) flags_.input_pending = true;
         return;
     }
     if (!rbuf_.empty()) entered([&] { dispatch_input(); });
@@ -110,29 +110,29 @@ void HandleImpl::input_changed() {
 
 // Only the read/write interest may have to change.
 void HandleImpl::interest_changed() {
-    if (depth_ == 0 && !dead_) settle();
+    if (depth_ == 0 && !flags_.dead) settle();
 }
 
 void HandleImpl::push_read(Reader&& reader, bool front) {
     if (reader.kind_ == Reader::Kind::none) throw std::invalid_argument("Handle::push_read: empty Reader");
-    if (dead_) return;
+    if (flags_.dead) return;
     if (front) readers_.push_front(std::move(reader));
     else readers_.push_back(std::move(reader));
     input_changed();
 }
 
 void HandleImpl::set_paused(bool paused) {
-    user_paused_ = paused;
+    flags_.user_paused = paused;
     // Input the layer may still hold is invisible to the socket: the
     // readers fetch it (dispatch_input() drains the layer when they starve).
-    if (!paused && layer_ && !dead_) input_pending_ = true;
+    if (!paused && layer_ && !flags_.dead) flags_.input_pending = true;
     interest_changed();
 }
 
 void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
     if (!layer) throw std::invalid_argument("Handle::set_layer: null layer");
     if (layer_) throw std::logic_error("Handle::set_layer: " + where() + "a layer is installed already");
-    if (dead_) return;
+    if (flags_.dead) return;
     layer_ = std::move(layer);
     layer_ready_ = false;
     layer_since_ = loop_.now();
@@ -146,10 +146,10 @@ void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
             rbuf_.clear();
             feed_layer(early.data(), early.size());
         }
-        if (!dead_) check_layer_input();
+        if (!flags_.dead) check_layer_input();
         // A client layer may have its first message ready.
-        if (!nested && !dead_) flush();
-        if (!rbuf_.empty()) input_pending_ = true;
+        if (!nested && !flags_.dead) flush();
+        if (!rbuf_.empty()) flags_.input_pending = true;
     });
     settle();
 }
@@ -159,8 +159,8 @@ std::unique_ptr<StreamLayer> HandleImpl::release_layer() {
         throw std::logic_error("Handle::release_layer: " + where() + std::to_string(plain_.size()) +
                                " plaintext bytes still wait for the layer");
     std::unique_ptr<StreamLayer> layer = std::move(layer_);
-    layer_shutdown_ = false;
-    stoptls_requested_ = false;
+    flags_.layer_shutdown = false;
+    flags_.stoptls_requested = false;
     interest_changed();
     return layer;
 }
@@ -169,22 +169,22 @@ void HandleImpl::starttls(TlsMode mode, const std::shared_ptr<TlsLayerFactory>& 
     if (mode == TlsMode::none) throw std::invalid_argument("Handle::starttls: mode none");
     if (!factory) throw std::invalid_argument("Handle::starttls: " + where() + "no tls_ctx");
     if (layer_) throw std::logic_error("Handle::starttls: " + where() + "TLS (or another layer) is on already");
-    if (dead_) return;
+    if (flags_.dead) return;
     set_layer(factory->make_tls_layer(mode, peername));
 }
 
 void HandleImpl::stoptls() {
-    if (!layer_ || dead_ || stoptls_requested_) return;
-    stoptls_requested_ = true;
+    if (!layer_ || flags_.dead || flags_.stoptls_requested) return;
+    flags_.stoptls_requested = true;
     const bool nested = depth_ > 0;
     // flush() sends the queued plaintext, then close_notify, and finishes
     // when the peer's close_notify is in already.
-    if (!nested && !write_blocked_) entered([&] { flush(); });
+    if (!nested && !flags_.write_blocked) entered([&] { flush(); });
     settle();
 }
 
 void HandleImpl::close_now() noexcept {
-    dead_ = true;
+    flags_.dead = true;
     io_.reset();
     io_events_ = Io::none;
     timer_.reset();
@@ -238,7 +238,7 @@ ReadBuffer& Handle::read_buffer() noexcept { return impl_->rbuf_; }
 void Handle::stop_read() { impl_->set_paused(true); }
 void Handle::start_read() { impl_->set_paused(false); }
 bool Handle::reading() const noexcept { return has(impl_->io_events_, Io::read); }
-bool Handle::at_eof() const noexcept { return impl_->eof_; }
+bool Handle::at_eof() const noexcept { return impl_->flags_.eof; }
 
 void Handle::push_write(std::string_view bytes) { impl_->push_write(bytes, nullptr); }
 void Handle::push_write(std::string&& bytes) { impl_->push_write(bytes, &bytes); }
@@ -271,15 +271,15 @@ std::size_t Handle::write_queue_size() const noexcept { return impl_->queued_byt
 
 void Handle::set_timeout(Duration timeout) {
     impl_->options_.timeout = timeout;
-    if (!impl_->dead_) impl_->arm_timer();
+    if (!impl_->flags_.dead) impl_->arm_timer();
 }
 void Handle::set_rtimeout(Duration timeout) {
     impl_->options_.rtimeout = timeout;
-    if (!impl_->dead_) impl_->arm_timer();
+    if (!impl_->flags_.dead) impl_->arm_timer();
 }
 void Handle::set_wtimeout(Duration timeout) {
     impl_->options_.wtimeout = timeout;
-    if (!impl_->dead_) impl_->arm_timer();
+    if (!impl_->flags_.dead) impl_->arm_timer();
 }
 void Handle::timeout_reset() { impl_->last_activity_ = impl_->loop_.now(); }
 void Handle::rtimeout_reset() { impl_->last_read_ = impl_->loop_.now(); }
@@ -322,14 +322,14 @@ void Handle::starttls(TlsMode mode, std::shared_ptr<TlsLayerFactory> tls_ctx, st
 }
 void Handle::stoptls() { impl_->stoptls(); }
 bool Handle::tls_established() const noexcept {
-    return impl_->layer_ && impl_->layer_ready_ && !impl_->stoptls_requested_;
+    return impl_->layer_ && impl_->layer_ready_ && !impl_->flags_.stoptls_requested;
 }
 
 EventLoop& Handle::loop() const noexcept { return impl_->loop_; }
 int Handle::fd() const noexcept { return impl_->fd_; }
-bool Handle::closed() const noexcept { return impl_->dead_; }
+bool Handle::closed() const noexcept { return impl_->flags_.dead; }
 void Handle::close() noexcept {
-    if (impl_->dead_) return;
+    if (impl_->flags_.dead) return;
     impl_->close_now();
     if (impl_->depth_ == 0) impl_->rbuf_.trim(0);
 }

@@ -7,7 +7,7 @@
 // works (through entered()), and the outermost entry finishes with settle(), which flushes
 // output gathered meanwhile, runs on_drain, applies the read/write interest
 // and, if the Handle was destroyed meanwhile, lingers or frees the state.
-// Code that ran a user callback checks dead_ / orphaned_ before touching
+// Code that ran a user callback checks flags_.dead / flags_.orphaned before touching
 // anything else.
 #pragma once
 
@@ -16,11 +16,14 @@
 #include "reader_queue.hpp"
 #include "write_queue.hpp"
 
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 
 namespace anyloop::detail {
@@ -53,6 +56,33 @@ struct CallbackSlot {
     }
 };
 
+/// The states a Handle is rarely in, side by side so that one test tells
+/// whether it is in none of them (quiet()): the echo path's condition.
+struct HandleFlags {
+    bool orphaned = false;            // the Handle object is gone
+    bool dead = false;                // closed: fatal error or close()
+    bool eof = false;                 // end of file read
+    bool user_paused = false;         // stop_read()
+    bool hwm_paused = false;          // high-water mark reached
+    bool write_blocked = false;       // the last write hit EAGAIN; wait for writability
+    bool shutdown_requested = false;  // push_shutdown()
+    bool write_shut = false;          // shutdown(SHUT_WR) done
+    bool input_pending = false;       // readers may progress: dispatch in settle()
+    bool drain_due = false;           // run on_drain in settle()
+    bool layer_shutdown = false;      // layer_->shutdown() was called
+    bool stoptls_requested = false;
+    bool starttls_due = false;        // run on_starttls(true)
+    bool stoptls_due = false;         // run on_stoptls
+    bool unused[2] = {};
+    /// Whether none is set: two loads instead of fourteen.
+    [[nodiscard]] bool quiet() const noexcept {
+        std::uint64_t words[2];
+        std::memcpy(words, this, sizeof words);
+        return (words[0] | words[1]) == 0;
+    }
+};
+static_assert(sizeof(HandleFlags) == 2 * sizeof(std::uint64_t) && std::is_trivially_copyable_v<HandleFlags>);
+
 class HandleImpl {
 public:
     HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptions& options);
@@ -79,10 +109,10 @@ public:
     }
     void push_write_slow(std::string_view bytes, std::string* owned);
     /// Whether push_write() just copies `size` bytes into the queue: inside
-    /// a callback, small, plain, and the Handle open for writing.
+    /// a callback, small, plain, and the Handle quiet (open for writing;
+    /// push_write_slow() gathers in the other cases where that is right).
     [[nodiscard]] bool gathers(std::size_t size) const noexcept {
-        return depth_ > 0 && !layer_ && !dead_ && !orphaned_ && !shutdown_requested_ &&
-               queue_.size() + size <= WriteQueue::kSmallChunk;
+        return depth_ > 0 && flags_.quiet() && !layer_ && queue_.size() + size <= WriteQueue::kSmallChunk;
     }
     void push_shutdown();
     void set_paused(bool paused);
@@ -128,24 +158,11 @@ public:
     Io io_events_ = Io::none;
 
     int depth_ = 0;
-    bool orphaned_ = false;         // the Handle object is gone
-    bool dead_ = false;             // closed: fatal error or close()
-    bool eof_ = false;              // end of file read
-    bool user_paused_ = false;      // stop_read()
-    bool hwm_paused_ = false;       // high-water mark reached
-    bool write_blocked_ = false;    // the last write hit EAGAIN; wait for writability
-    bool shutdown_requested_ = false;
-    bool layer_shutdown_ = false;   // layer_->shutdown() was called
-    bool write_shut_ = false;       // shutdown(SHUT_WR) done
-    bool input_pending_ = false;    // readers may progress: dispatch in settle()
+    HandleFlags flags_;
     bool dispatching_ = false;      // dispatch_input() is on the stack
-    bool drain_due_ = false;        // run on_drain in settle()
     bool read_wanted_ = false;      // interest as of the last update_interest()
     bool write_wanted_ = false;
     bool layer_ready_ = false;      // layer_->established() was seen (and reported)
-    bool stoptls_requested_ = false;
-    bool starttls_due_ = false;     // run on_starttls(true)
-    bool stoptls_due_ = false;      // run on_stoptls
 
     std::size_t read_size_;
     unsigned small_reads_ = 0;
@@ -160,6 +177,24 @@ public:
 
     // ---- reading (handle_read.cpp) -------------------------------------------
     void read_ready();
+    void read_quick();
+    /// Whether a read event may take read_quick(): an entry from the loop
+    /// into a quiet plain socket Handle with only on_read and nothing
+    /// buffered either way.
+    [[nodiscard]] bool quick_read_ok() const noexcept {
+        // At depth 0 no callback runs, so on_read_.fn is what ready() would test.
+        return depth_ == 0 && flags_.quiet() && !layer_ && is_socket_ && static_cast<bool>(on_read_.fn) &&
+               readers_.empty() && rbuf_.empty() && queue_.empty();
+    }
+    bool take_input(bool dispatch);
+    /// Copies input still borrowed from a stack buffer into storage.
+    static void keep_borrowed_input(ReadBuffer& input) noexcept;
+    void read_failed(int error);
+    /// Bookkeeping of a read that brought `got` of `asked` bytes.
+    void note_read(std::size_t got, std::size_t asked) noexcept {
+        last_activity_ = last_read_ = loop_.now();
+        if (got >= asked || read_size_ > options_.read_size || small_reads_ != 0) adapt_read_size(got, asked);
+    }
     void dispatch_input();
     bool run_front_reader();
     bool deliver(std::size_t offset, std::size_t length, std::size_t consume);
@@ -173,7 +208,7 @@ public:
     /// Whether the layer had more plaintext for the readers (and now added
     /// it to the input): OpenSSL may hold records the socket no longer signals.
     bool layer_has_more() {
-        return layer_ && !dead_ && layer_->has_buffered_input() && drain_layer_plaintext() > 0;
+        return layer_ && !flags_.dead && layer_->has_buffered_input() && drain_layer_plaintext() > 0;
     }
     std::size_t drain_layer_plaintext(std::span<char> scratch = {});
     void adapt_read_size(std::size_t got, std::size_t asked) noexcept;
@@ -181,6 +216,7 @@ public:
     // ---- writing (handle_io.cpp) ---------------------------------------------
     void write_now(std::string_view bytes, std::string* owned);
     void flush();
+    void send_flat();
     bool pump_layer(std::size_t& written);
     bool queue_layer_output();
     bool layer_failed();
@@ -192,6 +228,14 @@ public:
 
     // ---- the rest (handle_io.cpp) ------------------------------------------
     void update_interest();
+    /// Whether the fd interest (and the read/write timeouts' view of it)
+    /// is what the state asks for: update_interest() would do nothing.
+    [[nodiscard]] bool interest_current() const noexcept {
+        const bool want_read = reading_wanted();
+        const bool want_write = !queue_.empty();
+        return want_read == read_wanted_ && want_write == write_wanted_ &&
+               io_events_ == ((want_read ? Io::read : Io::none) | (want_write ? Io::write : Io::none));
+    }
     void apply_events(Io events);
     void check_timeouts();
     void fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* name, Duration limit);
@@ -239,24 +283,24 @@ void HandleImpl::entered(Body&& body) {
 }
 
 inline bool HandleImpl::reading_wanted() const noexcept {
-    if (dead_ || eof_ || user_paused_ || hwm_paused_) return false;
-    return on_read_.ready() || !readers_.empty() || (layer_ && (stoptls_requested_ || layer_->wants_input()));
+    if (flags_.dead || flags_.eof || flags_.user_paused || flags_.hwm_paused) return false;
+    return on_read_.ready() || !readers_.empty() || (layer_ && (flags_.stoptls_requested || layer_->wants_input()));
 }
 
 inline void HandleImpl::update_backpressure() noexcept {
     const std::size_t high = options_.high_water_mark;
     if (high == 0) {
-        hwm_paused_ = false;
+        flags_.hwm_paused = false;
         return;
     }
     const std::size_t queued = queued_bytes();
-    if (queued >= high) hwm_paused_ = true;
-    else if (queued <= options_.low_water_mark) hwm_paused_ = false;
+    if (queued >= high) flags_.hwm_paused = true;
+    else if (queued <= options_.low_water_mark) flags_.hwm_paused = false;
 }
 
 template <typename Fn, typename... Args>
 void HandleImpl::invoke(CallbackSlot<Fn>& slot, Args&&... args) {
-    if (orphaned_ || !slot.ready()) return;
+    if (flags_.orphaned || !slot.ready()) return;
     if (slot.running) {
         // Called again from inside its own call, after it was replaced
         // there: the replacement runs, moved out of `next` meanwhile, and

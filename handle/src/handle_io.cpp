@@ -41,12 +41,16 @@ std::string seconds_text(Duration duration) {
 // ---- loop entry points ----------------------------------------------------
 
 void HandleImpl::on_io(Io revents) {
+    if (revents == Io::read && quick_read_ok()) {
+        read_quick();
+        return;
+    }
     entered([&] {
-        if (has(revents, Io::write) && !dead_) {
-            write_blocked_ = false;
+        if (has(revents, Io::write) && !flags_.dead) {
+            flags_.write_blocked = false;
             flush();
         }
-        if (has(revents, Io::read) && !dead_ && !orphaned_ && reading_wanted()) read_ready();
+        if (has(revents, Io::read) && !flags_.dead && !flags_.orphaned && reading_wanted()) read_ready();
     });
     settle();
 }
@@ -58,23 +62,30 @@ void HandleImpl::on_timer() {
 
 void HandleImpl::settle() {
     if (depth_ > 0) return;
-    if (!orphaned_ && !dead_) entered([&] {
-        for (int round = 0; round < kSettleRounds && !dead_ && !orphaned_; ++round) {
-            if (starttls_due_ || stoptls_due_) {
+    if (flags_.quiet() && !layer_ && is_socket_ && queue_.flat_only()) {
+        // The common case: one send of what the callbacks gathered, and no
+        // callback to run (on_drain unset) nor interest to change.
+        if (!queue_.empty()) entered([&] { send_flat(); });
+        if (flags_.drain_due && !on_drain_.ready()) flags_.drain_due = false;
+        if (flags_.quiet() && interest_current()) return;
+    }
+    if (!flags_.orphaned && !flags_.dead) entered([&] {
+        for (int round = 0; round < kSettleRounds && !flags_.dead && !flags_.orphaned; ++round) {
+            if (flags_.starttls_due || flags_.stoptls_due) {
                 report_layer_events();
                 continue;
             }
-            if (input_pending_) {
+            if (flags_.input_pending) {
                 dispatch_input();
                 continue;
             }
             // A stoptls() made inside a callback has no output queued yet:
             // its close_notify is made by flush() too.
-            if (!write_blocked_ && (!queue_.empty() || !plain_.empty() || (shutdown_requested_ && !write_shut_) ||
-                                    (stoptls_requested_ && !layer_shutdown_)))
+            if (!flags_.write_blocked && (!queue_.empty() || !plain_.empty() || (flags_.shutdown_requested && !flags_.write_shut) ||
+                                    (flags_.stoptls_requested && !flags_.layer_shutdown)))
                 flush();
-            if (drain_due_ && !dead_ && !orphaned_) {
-                drain_due_ = false;
+            if (flags_.drain_due && !flags_.dead && !flags_.orphaned) {
+                flags_.drain_due = false;
                 if (on_drain_.ready()) {
                     invoke(on_drain_);
                     continue;
@@ -82,22 +93,22 @@ void HandleImpl::settle() {
             }
             break;
         }
-        if (!dead_ && !orphaned_) update_interest();
+        if (!flags_.dead && !flags_.orphaned) update_interest();
     });
-    if (orphaned_) {
+    if (flags_.orphaned) {
         finish_orphan();  // frees this
         return;
     }
-    if (dead_) rbuf_.trim(0);
+    if (flags_.dead) rbuf_.trim(0);
 }
 
 void HandleImpl::unwound() noexcept {
     // An exception from a user callback is leaving the Handle.
-    if (orphaned_) {
+    if (flags_.orphaned) {
         finish_orphan();
         return;
     }
-    if (dead_) return;
+    if (flags_.dead) return;
     try {
         update_interest();
     } catch (...) {
@@ -108,20 +119,20 @@ void HandleImpl::unwound() noexcept {
 // ---- writing ----------------------------------------------------------------
 
 void HandleImpl::push_write_slow(std::string_view bytes, std::string* owned) {
-    if (dead_ || orphaned_) return;
-    if (shutdown_requested_)
+    if (flags_.dead || flags_.orphaned) return;
+    if (flags_.shutdown_requested)
         throw std::logic_error("Handle::push_write after push_shutdown (" + where() + "the write side is closed)");
     if (bytes.empty()) return;
     const bool nested = depth_ > 0;
     entered([&] {
-        if (layer_ && stoptls_requested_) {
+        if (layer_ && flags_.stoptls_requested) {
             // After stoptls(): plain, once the layer has finished.
             if (owned != nullptr) after_layer_.append(std::move(*owned));
             else after_layer_.append(bytes);
         } else if (layer_) {
             std::size_t taken = 0;
             const bool large = bytes.size() > WriteQueue::kSmallChunk;
-            if (large && plain_.empty() && layer_ready_ && !write_blocked_) {
+            if (large && plain_.empty() && layer_ready_ && !flags_.write_blocked) {
                 // Large: straight into the layer, as the plain path writes
                 // large bytes at once; only what it does not take is queued.
                 taken = layer_->write_plaintext(as_byte_span(bytes));
@@ -130,8 +141,8 @@ void HandleImpl::push_write_slow(std::string_view bytes, std::string* owned) {
                 if (owned != nullptr) plain_.append(std::move(*owned), taken);
                 else plain_.append(bytes.substr(taken));
             }
-            if ((!nested || taken > 0) && !write_blocked_) flush();
-        } else if (write_blocked_ || (nested && queue_.size() + bytes.size() <= WriteQueue::kSmallChunk)) {
+            if ((!nested || taken > 0) && !flags_.write_blocked) flush();
+        } else if (flags_.write_blocked || (nested && queue_.size() + bytes.size() <= WriteQueue::kSmallChunk)) {
             // The fd is full (the write watcher flushes), or we are inside a
             // callback and the bytes are small: gather them, and settle()
             // writes everything gathered with one writev when it returns.
@@ -140,7 +151,7 @@ void HandleImpl::push_write_slow(std::string_view bytes, std::string* owned) {
         } else {
             write_now(bytes, owned);
         }
-        if (!dead_) {
+        if (!flags_.dead) {
             update_backpressure();
             if (options_.wbuf_max > 0) check_wbuf_max();
         }
@@ -180,31 +191,15 @@ void HandleImpl::write_now(std::string_view bytes, std::string* owned) {
         if (owned != nullptr) queue_.append(std::move(*owned), from_bytes);
         else queue_.append(bytes.substr(from_bytes));
     }
-    if (written < offered) write_blocked_ = true;
+    if (written < offered) flags_.write_blocked = true;
     after_write(written);
 }
 
 // Moves output toward the socket as far as it goes now: plaintext into the
 // layer, the layer's output into the queue, the queue into the fd.
 void HandleImpl::flush() {
-    if (!layer_ && is_socket_ && queue_.flat_only() && !queue_.empty() && !dead_) {
-        // The common case (small writes gathered by a callback): one send.
-        const std::string_view bytes = queue_.flat_bytes();
-        ssize_t n;
-        do {
-            n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                write_failed(errno);
-                return;
-            }
-            n = 0;
-        }
-        const auto written = static_cast<std::size_t>(n);
-        if (written < bytes.size()) write_blocked_ = true;
-        queue_.consume_flat(written);
-        after_write(written);
+    if (!layer_ && is_socket_ && queue_.flat_only() && !queue_.empty() && !flags_.dead) {
+        send_flat();
         return;
     }
     std::size_t written = 0;
@@ -212,13 +207,13 @@ void HandleImpl::flush() {
     // more, as write_queue_to() does for plain bytes: a round limit here
     // left plaintext stranded (no write interest with queue_ empty) when
     // the socket never filled.
-    while (!dead_) {
+    while (!flags_.dead) {
         const bool layer_moved = layer_ && pump_layer(written);
-        if (dead_) return;
+        if (flags_.dead) return;
         if (!queue_.empty()) {
             const int error = write_queue_to(fd_, is_socket_, queue_, &written);
             if (error == EAGAIN) {
-                write_blocked_ = true;
+                flags_.write_blocked = true;
                 break;
             }
             if (error != 0) {
@@ -229,6 +224,27 @@ void HandleImpl::flush() {
         // With a layer, the socket taking its output may let it take more.
         if (!layer_moved || plain_.empty()) break;
     }
+    after_write(written);
+}
+
+// The common case of flush() (small writes gathered by callbacks, on a
+// plain socket): one send of the flat buffer.
+void HandleImpl::send_flat() {
+    const std::string_view bytes = queue_.flat_bytes();
+    ssize_t n;
+    do {
+        n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            write_failed(errno);
+            return;
+        }
+        n = 0;
+    }
+    const auto written = static_cast<std::size_t>(n);
+    if (written < bytes.size()) flags_.write_blocked = true;
+    queue_.consume_flat(written);
     after_write(written);
 }
 
@@ -247,12 +263,12 @@ bool HandleImpl::pump_layer(std::size_t& written) {
     }
     // close_notify once everything queued went in, and not before the
     // handshake is done: half-closing then would break the handshake.
-    if (plain_.empty() && (shutdown_requested_ || stoptls_requested_) && !layer_shutdown_ && layer_->established()) {
-        layer_shutdown_ = true;
+    if (plain_.empty() && (flags_.shutdown_requested || flags_.stoptls_requested) && !flags_.layer_shutdown && layer_->established()) {
+        flags_.layer_shutdown = true;
         layer_->shutdown();
     }
     const std::span<const std::byte> output = layer_->pending_output();
-    if (!output.empty() && queue_.empty() && !write_blocked_) {
+    if (!output.empty() && queue_.empty() && !flags_.write_blocked) {
         const iovec one{const_cast<std::byte*>(output.data()), output.size()};
         const ssize_t n = write_vector(fd_, is_socket_, &one, 1);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -260,7 +276,7 @@ bool HandleImpl::pump_layer(std::size_t& written) {
             return false;
         }
         const std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
-        if (sent < output.size()) write_blocked_ = true;
+        if (sent < output.size()) flags_.write_blocked = true;
         layer_->consume_output(sent);
         written += sent;
         moved = moved || sent > 0;
@@ -268,7 +284,7 @@ bool HandleImpl::pump_layer(std::size_t& written) {
     if (queue_layer_output()) moved = true;
     if (layer_failed()) return false;
     // Our close_notify is queued and the peer's came: TLS is over.
-    if (stoptls_requested_ && layer_shutdown_ && layer_->input_closed()) finish_stoptls();
+    if (flags_.stoptls_requested && flags_.layer_shutdown && layer_->input_closed()) finish_stoptls();
     return moved;
 }
 
@@ -294,27 +310,27 @@ void HandleImpl::write_failed(int error) {
 }
 
 void HandleImpl::after_write(std::size_t written) {
-    if (dead_) return;
+    if (flags_.dead) return;
     if (written > 0) {
         last_activity_ = last_write_ = loop_.now();
-        if (queued_bytes() <= options_.low_water_mark) drain_due_ = true;
+        if (queued_bytes() <= options_.low_water_mark) flags_.drain_due = true;
     }
-    update_backpressure();
-    if (shutdown_requested_ && !write_shut_ && queue_.empty() && plain_.empty() && after_layer_.empty() &&
-        (!layer_ || (layer_shutdown_ && !stoptls_requested_)))
+    if (options_.high_water_mark > 0 || flags_.hwm_paused) update_backpressure();
+    if (flags_.shutdown_requested && !flags_.write_shut && queue_.empty() && plain_.empty() && after_layer_.empty() &&
+        (!layer_ || (flags_.layer_shutdown && !flags_.stoptls_requested)))
         do_shutdown();
 }
 
 void HandleImpl::do_shutdown() noexcept {
-    write_shut_ = true;
+    flags_.write_shut = true;
     if (is_socket_) (void)::shutdown(fd_, SHUT_WR);
 }
 
 void HandleImpl::push_shutdown() {
-    if (dead_ || shutdown_requested_) return;
-    shutdown_requested_ = true;
+    if (flags_.dead || flags_.shutdown_requested) return;
+    flags_.shutdown_requested = true;
     const bool nested = depth_ > 0;
-    if (!nested && !write_blocked_) entered([&] { flush(); });
+    if (!nested && !flags_.write_blocked) entered([&] { flush(); });
     settle();
 }
 
@@ -386,17 +402,17 @@ void HandleImpl::check_timeouts() {
     if (options_.timeout > Duration::zero() && last_activity_ + options_.timeout <= now) {
         last_activity_ = now;
         fire_timeout(on_timeout_, "nothing read or written for", options_.timeout);
-        if (dead_ || orphaned_) return;
+        if (flags_.dead || flags_.orphaned) return;
     }
     if (options_.rtimeout > Duration::zero() && read_wanted_ && last_read_ + options_.rtimeout <= now) {
         last_read_ = now;
         fire_timeout(on_rtimeout_, "nothing read for", options_.rtimeout);
-        if (dead_ || orphaned_) return;
+        if (flags_.dead || flags_.orphaned) return;
     }
     if (options_.wtimeout > Duration::zero() && write_wanted_ && last_write_ + options_.wtimeout <= now) {
         last_write_ = now;
         fire_timeout(on_wtimeout_, "nothing written for", options_.wtimeout);
-        if (dead_ || orphaned_) return;
+        if (flags_.dead || flags_.orphaned) return;
     }
     arm_timer();
 }
@@ -409,26 +425,26 @@ void HandleImpl::fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* 
 // ---- errors and the end ------------------------------------------------------
 
 void HandleImpl::fail(std::error_code error, const std::string& message, bool fatal) {
-    if (dead_) return;
-    if (fatal) dead_ = true;  // nothing else runs; the fd stays open for on_error to inspect
+    if (flags_.dead) return;
+    if (fatal) flags_.dead = true;  // nothing else runs; the fd stays open for on_error to inspect
     if (fatal && layer_) {
         // Best effort: the layer's last words (a TLS alert telling the peer
         // why) go out before the fd closes.
         queue_layer_output();
         if (!queue_.empty() && fd_ >= 0) (void)write_queue_to(fd_, is_socket_, queue_);
-        if (!layer_ready_ && !orphaned_) {
+        if (!layer_ready_ && !flags_.orphaned) {
             layer_ready_ = true;  // reported: once
             if (on_starttls_.ready()) invoke(on_starttls_, false, message);
         }
     }
-    const bool reported = on_error_.ready() && !orphaned_;
+    const bool reported = on_error_.ready() && !flags_.orphaned;
     if (reported) invoke(on_error_, error, message, fatal);
     // A non-fatal error nobody hears about cannot be handled: close.
     if (fatal || !reported) close_now();
 }
 
 void HandleImpl::finish_orphan() noexcept {
-    if (!dead_ && fd_ >= 0) {
+    if (!flags_.dead && fd_ >= 0) {
         // Whether the loop still exists: a watcher of a destroyed loop
         // refuses to start. The timer is idle now, so stopping it is free.
         bool loop_alive = true;
@@ -442,15 +458,15 @@ void HandleImpl::finish_orphan() noexcept {
             try {
                 // Last chance for output gathered by the callbacks. No callback
                 // runs: the Handle is orphaned.
-                if (!write_blocked_) flush();
+                if (!flags_.write_blocked) flush();
             } catch (...) {
                 // Lingering is best effort.
             }
-            const bool unfinished = !queue_.empty() || (shutdown_requested_ && !write_shut_);
-            if (!dead_ && unfinished && options_.linger > Duration::zero()) {
+            const bool unfinished = !queue_.empty() || (flags_.shutdown_requested && !flags_.write_shut);
+            if (!flags_.dead && unfinished && options_.linger > Duration::zero()) {
                 const int fd = fd_;
                 fd_ = -1;
-                start_lingering(loop_, fd, is_socket_, std::move(queue_), shutdown_requested_ && !write_shut_,
+                start_lingering(loop_, fd, is_socket_, std::move(queue_), flags_.shutdown_requested && !flags_.write_shut,
                                 options_.linger, std::move(io_), std::move(timer_));
             }
         }

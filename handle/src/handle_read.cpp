@@ -85,23 +85,22 @@ std::error_code errno_code(int error) noexcept { return {error, std::generic_cat
 
 // ---- reading from the fd -----------------------------------------------------
 
+namespace {
+
+// Input still borrowed from a stack buffer (plain bytes, or a layer's
+// decoded ones) is copied into the read buffer's storage on every way out
+// of the frame that owns the stack buffer — an early return or a
+// callback's exception — before the frame goes away.
+struct KeepInputOnUnwind {
+    ReadBuffer& input;
+    ~KeepInputOnUnwind() { HandleImpl::keep_borrowed_input(input); }
+};
+
+}  // namespace
+
 void HandleImpl::read_ready() {
     char spill[kSpillSize];
-    // Input still borrowed from `spill` (plain bytes, or a layer's decoded
-    // ones) is copied into the buffer's storage on every way out — an early
-    // return or a callback's exception — before the stack frame goes away.
-    struct KeepInputOnUnwind {
-        ReadBuffer& input;
-        ~KeepInputOnUnwind() {
-            if (!input.borrowed()) return;
-            try {
-                input.settle(0);
-            } catch (...) {
-                input.clear();
-                input.settle(0);
-            }
-        }
-    } keep_input{rbuf_};
+    KeepInputOnUnwind keep_input{rbuf_};
     for (unsigned attempt = 0; attempt < options_.reads_per_event; ++attempt) {
         // With rbuf_max, read no more than one byte past it: a record that
         // cannot fit then always fails, however its bytes arrive.
@@ -134,8 +133,7 @@ void HandleImpl::read_ready() {
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            const int error = errno;
-            fail(errno_code(error), where() + "read failed: " + std::strerror(error), true);
+            read_failed(errno);
             return;
         }
         if (n == 0) {
@@ -143,8 +141,7 @@ void HandleImpl::read_ready() {
             return;
         }
         const auto got = static_cast<std::size_t>(n);
-        last_activity_ = last_read_ = loop_.now();
-        adapt_read_size(got, asked);
+        note_read(got, asked);
         if (layer_) {
             if (!direct.empty()) {
                 layer_->commit_input(got);
@@ -153,39 +150,98 @@ void HandleImpl::read_ready() {
             } else {
                 feed_layer(spill, got, {spill, sizeof spill});
             }
-            if (dead_) return;
+            if (flags_.dead) return;
             // on_starttls comes before the data that arrived with the end of
             // the handshake; on_stoptls after the data that came over TLS
             // (below), as on_eof follows every record.
-            if (starttls_due_) {
-                starttls_due_ = false;
+            if (flags_.starttls_due) {
+                flags_.starttls_due = false;
                 invoke(on_starttls_, true, std::string());
-                if (dead_ || orphaned_) return;
+                if (flags_.dead || flags_.orphaned) return;
             }
-            if (layer_ && layer_->input_closed() && !stoptls_requested_) {
+            if (layer_ && layer_->input_closed() && !flags_.stoptls_requested) {
                 // The peer's close_notify, and nobody takes it for stoptls.
                 end_of_input();
                 return;
             }
         }
-        dispatch_input();
-        if (dead_ || orphaned_) return;
-        if (stoptls_due_) {
-            report_layer_events();
-            if (dead_ || orphaned_) return;
-        }
-        rbuf_.settle(read_size_);
-        if (options_.rbuf_max > 0 && rbuf_.size() > options_.rbuf_max) {
-            fail(errno_code(ENOSPC),
-                 where() + "read buffer holds " + std::to_string(rbuf_.size()) + " bytes, more than rbuf_max " +
-                     std::to_string(options_.rbuf_max),
-                 true);
-            return;
-        }
+        if (!take_input(true)) return;
         // A short read emptied the socket: another read would only say EAGAIN.
         if (got < asked || !reading_wanted()) break;
     }
     rbuf_.trim(read_size_);
+}
+
+// The echo path: a quiet Handle (quick_read_ok()) reads once onto the
+// stack, on_read sees the bytes in place, and settle() sends what it wrote.
+// When on_read leaves bytes or pushes readers, the read filled the buffer,
+// or anything else happened, the general path goes on from there.
+void HandleImpl::read_quick() {
+    char spill[kSpillSize];
+    const std::size_t asked = options_.rbuf_max > 0 ? std::min(kSpillSize, options_.rbuf_max + 1) : kSpillSize;
+    const ssize_t n = ::read(fd_, spill, asked);
+    if (n <= 0) {
+        const int error = n < 0 ? errno : 0;
+        if (error == EAGAIN || error == EWOULDBLOCK) return;  // nothing changed
+        entered([&] {
+            if (error == EINTR) read_ready();
+            else if (error != 0) read_failed(error);
+            else end_of_input();
+        });
+        settle();
+        return;
+    }
+    const auto got = static_cast<std::size_t>(n);
+    rbuf_.borrow(spill, got);
+    note_read(got, asked);
+    entered([&] {
+        KeepInputOnUnwind keep_input{rbuf_};
+        invoke(on_read_);
+        if (rbuf_.empty() && readers_.empty() && got < asked && flags_.quiet()) {
+            rbuf_.settle(0);
+            return;
+        }
+        // As dispatch_input() goes on: on_read again only if it took bytes.
+        if (!take_input(rbuf_.size() != got || !readers_.empty())) return;
+        if (got == asked && reading_wanted()) read_ready();
+        rbuf_.trim(read_size_);
+    });
+    settle();
+}
+
+// After new input: the readers take what they can, the rest leaves the
+// stack buffer, and rbuf_max is enforced. False when reading must stop
+// (the Handle closed or is gone).
+void HandleImpl::keep_borrowed_input(ReadBuffer& input) noexcept {
+    if (!input.borrowed()) return;
+    try {
+        input.settle(0);
+    } catch (...) {
+        input.clear();
+        input.settle(0);
+    }
+}
+
+bool HandleImpl::take_input(bool dispatch) {
+    if (dispatch) dispatch_input();
+    if (flags_.dead || flags_.orphaned) return false;
+    if (flags_.stoptls_due) {
+        report_layer_events();
+        if (flags_.dead || flags_.orphaned) return false;
+    }
+    rbuf_.settle(read_size_);
+    if (options_.rbuf_max > 0 && rbuf_.size() > options_.rbuf_max) {
+        fail(errno_code(ENOSPC),
+             where() + "read buffer holds " + std::to_string(rbuf_.size()) + " bytes, more than rbuf_max " +
+                 std::to_string(options_.rbuf_max),
+             true);
+        return false;
+    }
+    return true;
+}
+
+void HandleImpl::read_failed(int error) {
+    fail(errno_code(error), where() + "read failed: " + std::strerror(error), true);
 }
 
 // Doubles the growth step while reads fill everything offered; halves it
@@ -232,16 +288,16 @@ void HandleImpl::layer_input_done(const char* rest, std::size_t rest_size) {
         // What the layer did not take follows its end: plain input after a stoptls.
         if (rest_size > 0) layer_rest_.append(rest, rest_size);
         layer_input_closed();
-        if (dead_ || !layer_) return;
+        if (flags_.dead || !layer_) return;
     }
     // Reading may have produced output (handshake messages, alerts).
-    if (!write_blocked_) flush();
+    if (!flags_.write_blocked) flush();
 }
 
 void HandleImpl::check_layer_input() {
     if (layer_ready_ || !layer_->established()) return;
     layer_ready_ = true;
-    starttls_due_ = true;
+    flags_.starttls_due = true;
     if (options_.tls_timeout > Duration::zero()) arm_timer();
 }
 
@@ -249,9 +305,9 @@ void HandleImpl::check_layer_input() {
 // peer's stoptls, answered here), the layer finishes and the stream goes on
 // plain; otherwise read_ready() takes it for end of file.
 void HandleImpl::layer_input_closed() {
-    if (!stoptls_requested_ && !on_stoptls_.ready()) return;
-    stoptls_requested_ = true;
-    if (!write_blocked_) flush();  // our close_notify; finishes the layer
+    if (!flags_.stoptls_requested && !on_stoptls_.ready()) return;
+    flags_.stoptls_requested = true;
+    if (!flags_.write_blocked) flush();  // our close_notify; finishes the layer
 }
 
 void HandleImpl::finish_stoptls() {
@@ -259,12 +315,12 @@ void HandleImpl::finish_stoptls() {
     trailing += layer_rest_;
     layer_rest_.clear();
     layer_.reset();
-    layer_shutdown_ = false;
-    stoptls_requested_ = false;
+    flags_.layer_shutdown = false;
+    flags_.stoptls_requested = false;
     layer_ready_ = false;
     if (!trailing.empty()) {
         rbuf_.append(trailing);
-        input_pending_ = true;
+        flags_.input_pending = true;
     }
     // Output queued since stoptls() follows the close_notify, plain.
     while (!after_layer_.empty()) {
@@ -272,17 +328,17 @@ void HandleImpl::finish_stoptls() {
         queue_.append(front);
         after_layer_.consume(front.size());
     }
-    stoptls_due_ = true;
+    flags_.stoptls_due = true;
 }
 
 void HandleImpl::report_layer_events() {
-    if (starttls_due_) {
-        starttls_due_ = false;
+    if (flags_.starttls_due) {
+        flags_.starttls_due = false;
         invoke(on_starttls_, true, std::string());
-        if (dead_ || orphaned_) return;
+        if (flags_.dead || flags_.orphaned) return;
     }
-    if (stoptls_due_) {
-        stoptls_due_ = false;
+    if (flags_.stoptls_due) {
+        flags_.stoptls_due = false;
         invoke(on_stoptls_);
     }
 }
@@ -304,14 +360,14 @@ std::size_t HandleImpl::drain_layer_plaintext(std::span<char> scratch) {
 }
 
 void HandleImpl::end_of_input() {
-    eof_ = true;
+    flags_.eof = true;
     if (layer_) {
         layer_->feed_eof();
         drain_layer_plaintext();
         if (layer_failed()) return;
     }
     dispatch_input();
-    if (dead_ || orphaned_) return;
+    if (flags_.dead || flags_.orphaned) return;
     if (!rbuf_.empty() && (!readers_.empty() || on_read_.ready())) {
         fail(errno_code(EPIPE),
              where() + "end of file with " + std::to_string(rbuf_.size()) + " bytes of an incomplete record",
@@ -325,17 +381,17 @@ void HandleImpl::end_of_input() {
 // ---- handing input to readers -------------------------------------------------
 
 void HandleImpl::dispatch_input() {
-    input_pending_ = false;
+    flags_.input_pending = false;
     if (dispatching_) return;  // the loop below is running and sees the change
     struct Dispatching {
         bool& flag;
         explicit Dispatching(bool& f) : flag(f) { flag = true; }
         ~Dispatching() { flag = false; }
     } dispatching(dispatching_);
-    while (!dead_ && !orphaned_) {
+    while (!flags_.dead && !flags_.orphaned) {
         if (!readers_.empty()) {
             if (run_front_reader()) continue;
-            if (dead_ || orphaned_ || !layer_has_more()) break;
+            if (flags_.dead || flags_.orphaned || !layer_has_more()) break;
             continue;
         }
         if (!on_read_.ready() || (rbuf_.empty() && !layer_has_more())) break;
@@ -353,7 +409,7 @@ bool HandleImpl::deliver(std::size_t offset, std::size_t length, std::size_t con
     const std::string_view record(rbuf_.data() + offset, length);
     rbuf_.consume(consume);
     running.on_record_(*owner_, record);
-    return !dead_ && !orphaned_;
+    return !flags_.dead && !flags_.orphaned;
 }
 
 // Runs the front reader if the input completes its record. Returns whether
@@ -415,7 +471,7 @@ bool HandleImpl::run_front_reader() {
                 length = end;
                 if (default_eol && length > 0 && input[length - 1] == '\r') --length;
                 consume = end + eol_size;
-            } else if (eof_ && !input.empty()) {
+            } else if (flags_.eof && !input.empty()) {
                 length = consume = input.size();  // the unterminated last line
             } else {
                 // The longest input that may still end in an acceptable line:
@@ -444,11 +500,11 @@ bool HandleImpl::run_front_reader() {
         }
 
         case Reader::Kind::custom: {
-            if (input.empty() && !eof_) return false;
+            if (input.empty() && !flags_.eof) return false;
             Reader running = readers_.pop_front();
             const std::uint64_t consumed_before = rbuf_.consumed_total();
             const bool done = running.on_input_(*owner_, rbuf_);
-            if (dead_ || orphaned_) return false;
+            if (flags_.dead || flags_.orphaned) return false;
             if (done) return true;
             // Not done: it stays first. Call it again only if it took bytes
             // and some are left.

@@ -61,7 +61,7 @@ public:
     /// Drops `bytes` sent bytes from the front.
     void consume(std::size_t bytes) noexcept;
     /// Whether every unsent byte is in the flat buffer (no chunk queued).
-    [[nodiscard]] bool flat_only() const noexcept { return head_ == chunks_.size(); }
+    [[nodiscard]] bool flat_only() const noexcept { return chunks_.empty(); }
     /// With flat_only(): the unsent bytes, and dropping `bytes` of them.
     [[nodiscard]] std::string_view flat_bytes() const noexcept {
         return {flat_ + flat_begin_, flat_end_ - flat_begin_};
@@ -86,7 +86,7 @@ private:
     /// Copies `bytes` into the flat buffer if no chunk is queued and they
     /// fit; returns whether it did.
     bool append_flat(std::string_view bytes) noexcept {
-        if (!use_flat_ || head_ != chunks_.size() || kFlat - flat_end_ < bytes.size()) return false;
+        if (!use_flat_ || !chunks_.empty() || kFlat - flat_end_ < bytes.size()) return false;
         if (!bytes.empty()) std::memcpy(flat_ + flat_end_, bytes.data(), bytes.size());
         flat_end_ += bytes.size();
         bytes_ += bytes.size();
@@ -94,7 +94,7 @@ private:
     }
     void append_chunk(std::string_view bytes);
 
-    std::vector<Chunk> chunks_;
+    std::vector<Chunk> chunks_;  // empty once every chunk is sent (head_ < size otherwise)
     std::size_t head_ = 0;
     std::size_t bytes_ = 0;
     std::string spare_;

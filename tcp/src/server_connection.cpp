@@ -15,7 +15,9 @@ Connection::Connection(ServerCore& core, std::uint64_t serial)
     : core_(core),
       serial_(serial),
       input_filter_(core.shared().options.input_filter->clone()),
-      output_filter_(core.shared().options.output_filter->clone()) {}
+      output_filter_(core.shared().options.output_filter->clone()),
+      input_transparent_(input_filter_->transparent()),
+      output_transparent_(output_filter_->transparent()) {}
 
 Connection::~Connection() = default;
 
@@ -98,18 +100,22 @@ bool Connection::read_proxy_header(ReadBuffer& input) {
     return true;
 }
 
+void Connection::touch() noexcept { last_activity_ = core_.loop().now(); }
+
 void Connection::process_input() {
     if (state_ != State::open) return;
-    const auto keep = shared_from_this();
     const auto& on_input = core_.shared().on_input;
     ReadBuffer& input = handle_->read_buffer();
-    if (input_filter_->transparent()) {
-        // Bytes as they come: the input is the record.
+    if (input_transparent_) {
+        // Bytes as they come: the input is the record. Nothing of this
+        // connection is touched after on_input, which may end it (the
+        // input belongs to the Handle, which outlives its callbacks).
         touch();
         if (on_input) on_input(*this, input.view());
         input.clear();
         return;
     }
+    const auto keep = shared_from_this();
     while (state_ == State::open && !input.empty()) {
         const FilterResult result = input_filter_->next(input.view());
         if (result.status == FilterResult::Status::error) {
@@ -130,7 +136,7 @@ void Connection::process_input() {
 
 void Connection::send(std::string_view record) {
     if (state_ == State::closed || !handle_) return;
-    if (output_filter_->transparent()) {
+    if (output_transparent_) {
         handle_->push_write(record);
         return;
     }

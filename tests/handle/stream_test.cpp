@@ -181,6 +181,57 @@ TEST_P(StreamTest, PeerResetMidWriteIsAnError) {
     EXPECT_TRUE(handle.closed());
 }
 
+// An on_read echo takes the Handle's quick path; each turn here leaves it
+// for the general one and must come back: on_read handing the rest to a
+// line reader, a read that fills the stack buffer, end of file.
+TEST_P(StreamTest, EchoPathHandsOverAndComesBack) {
+    TcpPair pair;
+    Handle server(*loop, pair.take_b());
+    int eofs = 0;
+    server.on_eof([&](Handle&) { ++eofs; });
+    server.on_read([&](Handle& h) {
+        ReadBuffer& input = h.read_buffer();
+        if (input.view().starts_with("L")) {
+            input.consume(1);
+            h.push_read(Reader::line([](Handle& h2, std::string_view line) { h2.push_write("<" + std::string(line) + ">"); }));
+            return;
+        }
+        echo(h);
+    });
+    RawPeer client(*loop, pair.a);
+    auto exchange = [&](const std::string& sent, const std::string& expected) {
+        client.received.clear();
+        write_all(pair.a, sent.data(), sent.size());
+        EXPECT_TRUE(run_until(*loop, [&] { return client.received.size() >= expected.size(); })) << sent.substr(0, 20);
+        EXPECT_EQ(client.received, expected);
+    };
+    exchange("hello", "hello");
+    exchange("Lone\ntwo", "<one>two");
+    exchange("again", "again");
+    const std::string bulk = random_bytes(300 * 1024, 5);  // more than one read takes
+    exchange(bulk, bulk);
+    exchange("last", "last");
+    ::shutdown(pair.a, SHUT_WR);
+    ASSERT_TRUE(run_until(*loop, [&] { return eofs == 1; }));
+    EXPECT_FALSE(server.closed());
+}
+
+TEST_P(StreamTest, EchoPathReportsAReset) {
+    TcpPair pair;
+    Handle server(*loop, pair.take_b());
+    std::error_code error;
+    server.on_error([&](Handle&, std::error_code code, const std::string&, bool) { error = code; });
+    server.on_read(echo);
+    write_all(pair.a, "ping", 4);
+    ASSERT_TRUE(run_until(*loop, [&] { return readable_bytes(pair.a) == 4; }));
+    const linger abort_on_close{1, 0};  // close() sends RST
+    ::setsockopt(pair.a, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+    ::close(std::exchange(pair.a, -1));
+    ASSERT_TRUE(run_until(*loop, [&] { return static_cast<bool>(error); }));
+    EXPECT_EQ(error, std::errc::connection_reset) << error.message();
+    EXPECT_TRUE(server.closed());
+}
+
 TEST_P(StreamTest, WritingToAClosedPipeIsEpipeNotSigpipe) {
     int fds[2];
     ASSERT_EQ(::pipe2(fds, O_CLOEXEC | O_NONBLOCK), 0);

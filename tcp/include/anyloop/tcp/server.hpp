@@ -212,7 +212,7 @@ private:
     void on_drain();
     void on_idle_timer();
     void arm_timer(Duration after);
-    void touch() noexcept { last_activity_ = handle_->loop().now(); }
+    void touch() noexcept;
     void finish(bool report);
 
     detail::ServerCore& core_;
@@ -222,6 +222,8 @@ private:
     std::unique_ptr<Handle> handle_;
     std::unique_ptr<Filter> input_filter_;
     std::unique_ptr<Filter> output_filter_;
+    bool input_transparent_;   // input_filter_->transparent(), asked once
+    bool output_transparent_;
     std::string encoded_;
     sockaddr_storage remote_{};
     socklen_t remote_length_ = 0;
