@@ -174,6 +174,23 @@ public:
     void on_io(Io revents);
     void on_timer();
     void settle();
+    /// settle()'s common case, at depth 0: a quiet plain socket Handle whose
+    /// callbacks only gathered output. Sends it; true when that settled
+    /// everything: no on_drain to run, and the interest (and the timeouts'
+    /// view of it) is what update_interest() would leave.
+    bool settle_quick() {
+        if (!flags_.quiet() || layer_ || !is_socket_ || !queue_.flat_only()) return false;
+        if (!queue_.empty()) {
+            entered([&] { send_flat(); });
+            // At depth 0 no callback runs: fn is what ready() would test.
+            if (flags_.drain_due && !on_drain_.fn) flags_.drain_due = false;
+            if (!flags_.quiet()) return false;  // blocked, failed, or on_drain due
+        }
+        // Quiet, so the queue is empty and reading is wanted as long as
+        // something takes the input.
+        const bool want_read = static_cast<bool>(on_read_.fn) || !readers_.empty();
+        return want_read == read_wanted_ && !write_wanted_ && io_events_ == (want_read ? Io::read : Io::none);
+    }
 
     // ---- reading (handle_read.cpp) -------------------------------------------
     void read_ready();
@@ -228,14 +245,6 @@ public:
 
     // ---- the rest (handle_io.cpp) ------------------------------------------
     void update_interest();
-    /// Whether the fd interest (and the read/write timeouts' view of it)
-    /// is what the state asks for: update_interest() would do nothing.
-    [[nodiscard]] bool interest_current() const noexcept {
-        const bool want_read = reading_wanted();
-        const bool want_write = !queue_.empty();
-        return want_read == read_wanted_ && want_write == write_wanted_ &&
-               io_events_ == ((want_read ? Io::read : Io::none) | (want_write ? Io::write : Io::none));
-    }
     void apply_events(Io events);
     void check_timeouts();
     void fire_timeout(CallbackSlot<Handle::Callback>& slot, const char* name, Duration limit);

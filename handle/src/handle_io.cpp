@@ -41,10 +41,6 @@ std::string seconds_text(Duration duration) {
 // ---- loop entry points ----------------------------------------------------
 
 void HandleImpl::on_io(Io revents) {
-    if (revents == Io::read && quick_read_ok()) {
-        read_quick();
-        return;
-    }
     entered([&] {
         if (has(revents, Io::write) && !flags_.dead) {
             flags_.write_blocked = false;
@@ -61,14 +57,7 @@ void HandleImpl::on_timer() {
 }
 
 void HandleImpl::settle() {
-    if (depth_ > 0) return;
-    if (flags_.quiet() && !layer_ && is_socket_ && queue_.flat_only()) {
-        // The common case: one send of what the callbacks gathered, and no
-        // callback to run (on_drain unset) nor interest to change.
-        if (!queue_.empty()) entered([&] { send_flat(); });
-        if (flags_.drain_due && !on_drain_.ready()) flags_.drain_due = false;
-        if (flags_.quiet() && interest_current()) return;
-    }
+    if (depth_ > 0 || settle_quick()) return;
     if (!flags_.orphaned && !flags_.dead) entered([&] {
         for (int round = 0; round < kSettleRounds && !flags_.dead && !flags_.orphaned; ++round) {
             if (flags_.starttls_due || flags_.stoptls_due) {
@@ -365,7 +354,10 @@ void HandleImpl::apply_events(Io events) {
     if (events == Io::none) {
         io_.stop();
     } else if (!io_) {
-        io_ = loop_.io(fd_, events, [this](Io revents) { on_io(revents); });
+        io_ = loop_.io(fd_, events, [this](Io revents) {
+            if (revents == Io::read && quick_read_ok()) read_quick();
+            else on_io(revents);
+        });
     } else {
         io_.set_events(events);
         io_.start();

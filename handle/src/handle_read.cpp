@@ -206,7 +206,7 @@ void HandleImpl::read_quick() {
         if (got == asked && reading_wanted()) read_ready();
         rbuf_.trim(read_size_);
     });
-    settle();
+    if (!settle_quick()) settle();
 }
 
 // After new input: the readers take what they can, the rest leaves the

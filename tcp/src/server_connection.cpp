@@ -54,7 +54,7 @@ void Connection::setup(bool proxy_protocol) {
         return;
     }
     if (tls_ctx_) handle_->starttls(TlsMode::accept, tls_ctx_);
-    handle_->on_read([this](Handle&) { process_input(); });
+    start_input();
 }
 
 void Connection::announce() {
@@ -93,7 +93,7 @@ bool Connection::read_proxy_header(ReadBuffer& input) {
     // The bytes after the header are the TLS handshake's, if any.
     if (tls_ctx_) handle_->starttls(TlsMode::accept, tls_ctx_);
     // Input after the header reaches on_read once this reader has left.
-    handle_->on_read([this](Handle&) { process_input(); });
+    start_input();
     arm_timer(core_.shared().options.idle_timeout);
     touch();
     announce();
@@ -102,19 +102,29 @@ bool Connection::read_proxy_header(ReadBuffer& input) {
 
 void Connection::touch() noexcept { last_activity_ = core_.loop().now(); }
 
+// From here on the input goes to on_input: as it comes (the transparent
+// filter: the bytes are the record), or cut into records by the filter.
+void Connection::start_input() {
+    if (!input_transparent_) {
+        handle_->on_read([this](Handle&) { process_input(); });
+        return;
+    }
+    handle_->on_read([this](Handle& handle) {
+        if (state_ != State::open) return;
+        // Nothing of this connection is touched after on_input, which may
+        // end it (the input belongs to the Handle, which outlives its
+        // callbacks).
+        ReadBuffer& input = handle.read_buffer();
+        touch();
+        if (const auto& on_input = core_.shared().on_input) on_input(*this, input.view());
+        input.clear();
+    });
+}
+
 void Connection::process_input() {
     if (state_ != State::open) return;
     const auto& on_input = core_.shared().on_input;
     ReadBuffer& input = handle_->read_buffer();
-    if (input_transparent_) {
-        // Bytes as they come: the input is the record. Nothing of this
-        // connection is touched after on_input, which may end it (the
-        // input belongs to the Handle, which outlives its callbacks).
-        touch();
-        if (on_input) on_input(*this, input.view());
-        input.clear();
-        return;
-    }
     const auto keep = shared_from_this();
     while (state_ == State::open && !input.empty()) {
         const FilterResult result = input_filter_->next(input.view());

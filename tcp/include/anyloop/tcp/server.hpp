@@ -205,6 +205,7 @@ private:
     void set_remote(const sockaddr_storage& address, socklen_t length);
     void setup(bool proxy_protocol);
     void announce();
+    void start_input();
     void process_input();
     bool read_proxy_header(ReadBuffer& input);
     void on_error(std::error_code error, const std::string& message, bool fatal);
