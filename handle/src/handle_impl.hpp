@@ -101,7 +101,8 @@ public:
             // The echo case: a small write inside a callback, gathered for
             // the one send settle() makes when the callback's entry ends.
             queue_.append(bytes);
-            if (options_.high_water_mark > 0) update_backpressure();
+            // The queue grew: a pause may start (quiet means none runs yet).
+            if (options_.high_water_mark > 0 && queue_.size() >= options_.high_water_mark) flags_.hwm_paused = true;
             if (options_.wbuf_max > 0) check_wbuf_max();
             return;
         }

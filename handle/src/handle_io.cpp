@@ -304,7 +304,9 @@ void HandleImpl::after_write(std::size_t written) {
         last_activity_ = last_write_ = loop_.now();
         if (queued_bytes() <= options_.low_water_mark) flags_.drain_due = true;
     }
-    if (options_.high_water_mark > 0 || flags_.hwm_paused) update_backpressure();
+    // A plain write only shrinks the queue: it can end a pause, not start
+    // one (a layer's output may be larger than the plaintext it took).
+    if (flags_.hwm_paused || (layer_ && options_.high_water_mark > 0)) update_backpressure();
     if (flags_.shutdown_requested && !flags_.write_shut && queue_.empty() && plain_.empty() && after_layer_.empty() &&
         (!layer_ || (flags_.layer_shutdown && !flags_.stoptls_requested)))
         do_shutdown();

@@ -109,12 +109,10 @@ void Connection::start_input() {
         handle_->on_read([this](Handle&) { process_input(); });
         return;
     }
-    handle_->on_read([this](Handle& handle) {
+    // Nothing of this connection is touched after on_input, which may end
+    // it (the input belongs to the Handle, which outlives its callbacks).
+    handle_->on_read([this, &input = handle_->read_buffer()](Handle&) {
         if (state_ != State::open) return;
-        // Nothing of this connection is touched after on_input, which may
-        // end it (the input belongs to the Handle, which outlives its
-        // callbacks).
-        ReadBuffer& input = handle.read_buffer();
         touch();
         if (const auto& on_input = core_.shared().on_input) on_input(*this, input.view());
         input.clear();
