@@ -1,17 +1,23 @@
-// tcp_connect: resolve, then a non-blocking connect to each address in
-// turn, each bounded by the timeout, until one succeeds.
+// tcp_connect: resolve (a name on a resolver thread, so the loop never
+// waits for DNS), then a non-blocking connect to each address in turn, each
+// bounded by the timeout, until one succeeds.
 #include <anyloop/handle/connect.hpp>
 
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -40,6 +46,60 @@ std::string address_text(const sockaddr_storage& address) {
     return "[" + std::string(text) + "]:" + std::to_string(port);
 }
 
+struct Address {
+    sockaddr_storage storage;
+    socklen_t length;
+};
+
+/// What getaddrinfo() said: a status (0 or EAI_*), errno for EAI_SYSTEM,
+/// and the IPv4 and IPv6 stream addresses.
+struct Lookup {
+    int status = 0;
+    int system_error = 0;
+    std::vector<Address> addresses;
+};
+
+Lookup look_up(const std::string& host, std::uint16_t port, int flags) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    // No AI_ADDRCONFIG: on a host whose only interface is loopback it would
+    // hide "localhost".
+    hints.ai_flags = flags;
+    addrinfo* list = nullptr;
+    Lookup result;
+    result.status = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
+    if (result.status != 0) {
+        if (result.status == EAI_SYSTEM) result.system_error = errno;
+        return result;
+    }
+    for (const addrinfo* entry = list; entry != nullptr; entry = entry->ai_next) {
+        if (entry->ai_family != AF_INET && entry->ai_family != AF_INET6) continue;
+        Address address{};
+        std::memcpy(&address.storage, entry->ai_addr, entry->ai_addrlen);
+        address.length = entry->ai_addrlen;
+        result.addresses.push_back(address);
+    }
+    ::freeaddrinfo(list);
+    return result;
+}
+
+/// A name being resolved on its own thread. The thread shares only this
+/// with the loop: it stores the answer and then writes the eventfd the
+/// loop watches. It never touches the loop or the request, so either may
+/// be gone by then; the last owner closes the eventfd.
+struct ResolverJob {
+    explicit ResolverJob(int fd) noexcept : done_fd(fd) {}
+    ~ResolverJob() { ::close(done_fd); }
+    ResolverJob(const ResolverJob&) = delete;
+    ResolverJob& operator=(const ResolverJob&) = delete;
+
+    const int done_fd;
+    std::mutex mutex;
+    Lookup answer;  // guarded by mutex
+};
+
 std::string host_port_text(std::string_view host, std::uint16_t port) {
     const bool ipv6 = host.find(':') != std::string_view::npos;
     return (ipv6 ? "[" + std::string(host) + "]" : std::string(host)) + ":" + std::to_string(port);
@@ -55,17 +115,14 @@ const std::error_category& resolver_category() noexcept {
 namespace detail {
 
 struct ConnectState {
-    struct Address {
-        sockaddr_storage storage;
-        socklen_t length;
-    };
-
     ConnectState(EventLoop& event_loop, std::string_view host_name, std::uint16_t port_number, ConnectOptions opts,
                  ConnectCallback cb)
         : loop(event_loop), host(host_name), port(port_number), options(std::move(opts)), callback(std::move(cb)) {}
     ~ConnectState() { close_attempt(); }
 
     void resolve();
+    void resolved(const Lookup& lookup);
+    void resolver_done();
     void try_next();
     void on_ready();
     void on_timeout();
@@ -81,6 +138,7 @@ struct ConnectState {
     ConnectCallback callback;
     bool done = false;
 
+    std::shared_ptr<ResolverJob> resolver;  // while a name is being resolved
     std::vector<Address> addresses;
     std::size_t next = 0;
     int fd = -1;
@@ -92,34 +150,71 @@ struct ConnectState {
     std::string tried;   // "a, b, c"
 };
 
+// An address is parsed at once; a name goes to a resolver thread, so a
+// slow DNS server never stalls the loop. The timeout bounds the wait.
 void ConnectState::resolve() {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
-    // No AI_ADDRCONFIG: on a host whose only interface is loopback it would
-    // hide "localhost".
-    addrinfo* list = nullptr;
-    const std::string service = std::to_string(port);
-    const int status = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &list);
-    if (status != 0) {
-        last_error = status == EAI_SYSTEM ? std::error_code(errno, std::generic_category())
-                                          : std::error_code(status, resolver_category());
-        reason = "cannot resolve the name: " + last_error.message();
+    Lookup numeric = look_up(host, port, AI_NUMERICHOST);
+    if (numeric.status != EAI_NONAME) {
+        resolved(numeric);
         return;
     }
-    for (const addrinfo* entry = list; entry != nullptr; entry = entry->ai_next) {
-        if (entry->ai_family != AF_INET && entry->ai_family != AF_INET6) continue;
-        Address address{};
-        std::memcpy(&address.storage, entry->ai_addr, entry->ai_addrlen);
-        address.length = entry->ai_addrlen;
-        addresses.push_back(address);
+    const int done_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (done_fd < 0) {
+        resolved({EAI_SYSTEM, errno, {}});
+        return;
     }
-    ::freeaddrinfo(list);
-    if (addresses.empty()) {
+    auto job = std::make_shared<ResolverJob>(done_fd);
+    try {
+        std::thread([job, name = host, number = port] {
+            Lookup answer = look_up(name, number, 0);
+            {
+                std::lock_guard lock(job->mutex);
+                job->answer = std::move(answer);
+            }
+            const std::uint64_t one = 1;
+            (void)!::write(job->done_fd, &one, sizeof one);
+        }).detach();
+    } catch (const std::system_error& failure) {
+        resolved({EAI_SYSTEM, failure.code().value(), {}});
+        return;
+    }
+    resolver = std::move(job);
+    io = loop.io(done_fd, Io::read, [this](Io) { resolver_done(); });
+    timer.set_callback([this] {
+        // The thread goes on; its answer is dropped with the job.
+        io.reset();
+        resolver.reset();
+        last_error = std::make_error_code(std::errc::timed_out);
+        reason = "name resolution took longer than the timeout";
+        deliver_failure();
+    });
+    timer.start(options.timeout);
+}
+
+void ConnectState::resolver_done() {
+    Lookup answer;
+    {
+        std::lock_guard lock(resolver->mutex);
+        answer = std::move(resolver->answer);
+    }
+    io.reset();
+    timer.stop();
+    resolver.reset();
+    resolved(answer);
+}
+
+void ConnectState::resolved(const Lookup& lookup) {
+    if (lookup.status != 0) {
+        last_error = lookup.status == EAI_SYSTEM ? std::error_code(lookup.system_error, std::generic_category())
+                                                 : std::error_code(lookup.status, resolver_category());
+        reason = "cannot resolve the name: " + last_error.message();
+    } else if (lookup.addresses.empty()) {
         last_error = std::error_code(EAI_NONAME, resolver_category());
         reason = "the name has no IPv4 or IPv6 address";
     }
+    addresses = lookup.addresses;
+    if (addresses.empty()) deliver_failure();
+    else try_next();
 }
 
 void ConnectState::try_next() {
@@ -238,11 +333,7 @@ ConnectRequest tcp_connect(EventLoop& loop, std::string_view host, std::uint16_t
     detail::ConnectState* raw = state.get();
     // Everything happens from the loop, so the callback never runs inside
     // tcp_connect. The timer also serves each attempt's timeout.
-    state->timer = loop.timer(Duration::zero(), [raw] {
-        raw->resolve();
-        if (raw->addresses.empty()) raw->deliver_failure();
-        else raw->try_next();
-    });
+    state->timer = loop.timer(Duration::zero(), [raw] { raw->resolve(); });
     return ConnectRequest(state.release());
 }
 

@@ -10,6 +10,8 @@
 
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace anyloop::test {
 namespace {
@@ -110,6 +112,54 @@ TEST_P(ConnectTest, CancelledRequestNeverCalls) {
     for (int i = 0; i < 5; ++i) loop->run_once(false);
     EXPECT_FALSE(outcome.called);
     EXPECT_EQ(loop->active_watchers(), 0U);
+}
+
+// A name is resolved on a thread of its own ("localhost" takes that path;
+// an address does not). Cancelling the request or destroying the loop
+// meanwhile leaves the thread nothing to touch but its own job.
+TEST_P(ConnectTest, ResolverThreadOutlivesACancelledRequest) {
+    Listener listener;
+    Outcome outcome;
+    for (int i = 0; i < 20; ++i) {
+        ConnectRequest request = tcp_connect(*loop, "localhost", listener.port, {}, record(outcome));
+        loop->run_once(false);  // starts the resolver thread
+    }
+    // Long enough for the threads to finish; their answers go nowhere.
+    const auto until = std::chrono::steady_clock::now() + 200ms;
+    while (std::chrono::steady_clock::now() < until) {
+        loop->run_once(false);
+        std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_FALSE(outcome.called);
+    EXPECT_EQ(loop->active_watchers(), 0U);
+}
+
+TEST_P(ConnectTest, ResolverThreadOutlivesItsLoop) {
+    Listener listener;
+    Outcome outcome;
+    auto own_loop = make_loop(GetParam());
+    ConnectRequest request = tcp_connect(*own_loop, "localhost", listener.port, {}, record(outcome));
+    own_loop->run_once(false);
+    own_loop.reset();
+    std::this_thread::sleep_for(100ms);
+    request.cancel();
+    EXPECT_FALSE(outcome.called);
+}
+
+TEST_P(ConnectTest, ManyNamesResolvedAtOnceAllConnect) {
+    Listener listener;
+    std::vector<std::unique_ptr<Outcome>> outcomes;
+    std::vector<ConnectRequest> requests;
+    for (int i = 0; i < 8; ++i) {
+        outcomes.push_back(std::make_unique<Outcome>());
+        requests.push_back(tcp_connect(*loop, "localhost", listener.port, {}, record(*outcomes.back())));
+    }
+    ASSERT_TRUE(run_until(*loop, [&] {
+        for (const auto& outcome : outcomes)
+            if (!outcome->called) return false;
+        return true;
+    }));
+    for (const auto& outcome : outcomes) EXPECT_TRUE(outcome->handle) << outcome->message;
 }
 
 TEST_P(ConnectTest, DestroyingTheRequestInsideItsCallback) {
