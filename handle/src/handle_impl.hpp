@@ -206,7 +206,10 @@ public:
     }
     bool take_input(bool dispatch);
     /// Copies input still borrowed from a stack buffer into storage.
-    static void keep_borrowed_input(ReadBuffer& input) noexcept;
+    static void keep_borrowed_input(ReadBuffer& input) noexcept {
+        if (input.borrowed()) copy_borrowed_input(input);
+    }
+    static void copy_borrowed_input(ReadBuffer& input) noexcept;
     void read_failed(int error);
     /// Bookkeeping of a read that brought `got` of `asked` bytes.
     void note_read(std::size_t got, std::size_t asked) noexcept {

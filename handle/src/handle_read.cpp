@@ -212,8 +212,7 @@ void HandleImpl::read_quick() {
 // After new input: the readers take what they can, the rest leaves the
 // stack buffer, and rbuf_max is enforced. False when reading must stop
 // (the Handle closed or is gone).
-void HandleImpl::keep_borrowed_input(ReadBuffer& input) noexcept {
-    if (!input.borrowed()) return;
+void HandleImpl::copy_borrowed_input(ReadBuffer& input) noexcept {
     try {
         input.settle(0);
     } catch (...) {

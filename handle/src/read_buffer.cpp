@@ -59,13 +59,6 @@ void ReadBuffer::trim_storage(std::size_t spare) noexcept {
     }
 }
 
-void ReadBuffer::borrow(const char* bytes, std::size_t size) noexcept {
-    data_ = bytes;
-    begin_ = 0;
-    end_ = size;
-    borrowed_ = true;
-}
-
 void ReadBuffer::keep_borrowed(std::size_t spare) {
     const std::size_t live = size();
     const std::size_t needed = live + spare;

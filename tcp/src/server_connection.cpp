@@ -21,6 +21,8 @@ Connection::Connection(ServerCore& core, std::uint64_t serial)
 
 Connection::~Connection() = default;
 
+void Connection::touch() noexcept { last_activity_ = core_.loop().now(); }
+
 void Connection::set_remote(const sockaddr_storage& address, socklen_t length) {
     remote_ = address;
     remote_length_ = length;
@@ -99,8 +101,6 @@ bool Connection::read_proxy_header(ReadBuffer& input) {
     announce();
     return true;
 }
-
-void Connection::touch() noexcept { last_activity_ = core_.loop().now(); }
 
 // From here on the input goes to on_input: as it comes (the transparent
 // filter: the bytes are the record), or cut into records by the filter.

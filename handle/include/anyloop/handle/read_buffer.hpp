@@ -81,7 +81,12 @@ private:
     friend class detail::HandleImpl;
 
     // Views `size` external bytes in place (the buffer must be empty).
-    void borrow(const char* bytes, std::size_t size) noexcept;
+    void borrow(const char* bytes, std::size_t size) noexcept {
+        data_ = bytes;
+        begin_ = 0;
+        end_ = size;
+        borrowed_ = true;
+    }
     // Ends a borrow: copies what is still readable into storage with
     // `spare` free bytes after it.
     void settle(std::size_t spare) {
