@@ -214,7 +214,8 @@ public:
     /// Bookkeeping of a read that brought `got` of `asked` bytes.
     void note_read(std::size_t got, std::size_t asked) noexcept {
         last_activity_ = last_read_ = loop_.now();
-        if (got >= asked || read_size_ > options_.read_size || small_reads_ != 0) adapt_read_size(got, asked);
+        // Small reads are counted only while read_size_ is above the option.
+        if (got >= asked || read_size_ > options_.read_size) adapt_read_size(got, asked);
     }
     void dispatch_input();
     bool run_front_reader();
@@ -260,6 +261,9 @@ public:
 
     template <typename Fn, typename... Args>
     void invoke(CallbackSlot<Fn>& slot, Args&&... args);
+    /// invoke() of a set slot that is not running.
+    template <typename Fn, typename... Args>
+    void call_idle(CallbackSlot<Fn>& slot, Args&&... args);
     template <typename Body>
     void entered(Body&& body);
 };
@@ -330,6 +334,11 @@ void HandleImpl::invoke(CallbackSlot<Fn>& slot, Args&&... args) {
         guard.running(*owner_, std::forward<Args>(args)...);
         return;
     }
+    call_idle(slot, std::forward<Args>(args)...);
+}
+
+template <typename Fn, typename... Args>
+inline void HandleImpl::call_idle(CallbackSlot<Fn>& slot, Args&&... args) {
     struct Finish {
         CallbackSlot<Fn>& slot;
         ~Finish() {

@@ -196,7 +196,7 @@ void HandleImpl::read_quick() {
     note_read(got, asked);
     entered([&] {
         KeepInputOnUnwind keep_input{rbuf_};
-        invoke(on_read_);
+        call_idle(on_read_);  // quick_read_ok(): set, and nothing runs at depth 0
         if (rbuf_.empty() && readers_.empty() && got < asked && flags_.quiet()) {
             rbuf_.settle(0);
             return;
