@@ -198,11 +198,12 @@ public:
     void read_quick();
     /// Whether a read event may take read_quick(): an entry from the loop
     /// into a quiet plain socket Handle with only on_read and nothing
-    /// buffered either way.
+    /// buffered either way (nor read memory held, which the general path
+    /// trims).
     [[nodiscard]] bool quick_read_ok() const noexcept {
         // At depth 0 no callback runs, so on_read_.fn is what ready() would test.
         return depth_ == 0 && flags_.quiet() && !layer_ && is_socket_ && static_cast<bool>(on_read_.fn) &&
-               readers_.empty() && rbuf_.empty() && queue_.empty();
+               readers_.empty() && rbuf_.empty() && rbuf_.capacity() == 0 && queue_.empty();
     }
     bool take_input(bool dispatch);
     /// Copies input still borrowed from a stack buffer into storage.
