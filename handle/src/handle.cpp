@@ -55,6 +55,7 @@ HandleImpl::HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptio
     }
 
     last_activity_ = last_read_ = last_write_ = loop.now();
+    timed_ = any_timeout();
     // Created now, started only while a timeout runs. Its existence also
     // lets a late destructor find out whether the loop is still there.
     timer_ = loop.timer(Duration::zero(), [this] { on_timer(); });
@@ -271,15 +272,15 @@ std::size_t Handle::write_queue_size() const noexcept { return impl_->queued_byt
 
 void Handle::set_timeout(Duration timeout) {
     impl_->options_.timeout = timeout;
-    if (!impl_->flags_.dead) impl_->arm_timer();
+    impl_->timeouts_changed();
 }
 void Handle::set_rtimeout(Duration timeout) {
     impl_->options_.rtimeout = timeout;
-    if (!impl_->flags_.dead) impl_->arm_timer();
+    impl_->timeouts_changed();
 }
 void Handle::set_wtimeout(Duration timeout) {
     impl_->options_.wtimeout = timeout;
-    if (!impl_->flags_.dead) impl_->arm_timer();
+    impl_->timeouts_changed();
 }
 void Handle::timeout_reset() { impl_->last_activity_ = impl_->loop_.now(); }
 void Handle::rtimeout_reset() { impl_->last_read_ = impl_->loop_.now(); }

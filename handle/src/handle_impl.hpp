@@ -125,6 +125,13 @@ public:
     void stoptls();
     void close_now() noexcept;
     void arm_timer();
+    /// After timeout, rtimeout or wtimeout changed. Without any, progress
+    /// was not stamped: a timeout set then counts from now.
+    void timeouts_changed();
+    [[nodiscard]] bool any_timeout() const noexcept {
+        return options_.timeout > Duration::zero() || options_.rtimeout > Duration::zero() ||
+               options_.wtimeout > Duration::zero();
+    }
     void update_backpressure() noexcept;
     void apply_socket_option(int level, int name, bool on) noexcept;
     [[nodiscard]] bool reading_wanted() const noexcept;
@@ -164,6 +171,7 @@ public:
     bool read_wanted_ = false;      // interest as of the last update_interest()
     bool write_wanted_ = false;
     bool layer_ready_ = false;      // layer_->established() was seen (and reported)
+    bool timed_ = false;            // timeout, rtimeout or wtimeout set: progress is time-stamped
 
     std::size_t read_size_;
     unsigned small_reads_ = 0;
@@ -214,7 +222,7 @@ public:
     void read_failed(int error);
     /// Bookkeeping of a read that brought `got` of `asked` bytes.
     void note_read(std::size_t got, std::size_t asked) noexcept {
-        last_activity_ = last_read_ = loop_.now();
+        if (timed_) last_activity_ = last_read_ = loop_.now();
         // Small reads are counted only while read_size_ is above the option.
         if (got >= asked || read_size_ > options_.read_size) adapt_read_size(got, asked);
     }

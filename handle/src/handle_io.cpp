@@ -301,7 +301,7 @@ void HandleImpl::write_failed(int error) {
 void HandleImpl::after_write(std::size_t written) {
     if (flags_.dead) return;
     if (written > 0) {
-        last_activity_ = last_write_ = loop_.now();
+        if (timed_) last_activity_ = last_write_ = loop_.now();
         if (queued_bytes() <= options_.low_water_mark) flags_.drain_due = true;
     }
     // A plain write only shrinks the queue: it can end a pause, not start
@@ -365,6 +365,13 @@ void HandleImpl::apply_events(Io events) {
         io_.start();
     }
     io_events_ = events;
+}
+
+void HandleImpl::timeouts_changed() {
+    const bool timed = any_timeout();
+    if (timed && !timed_) last_activity_ = last_read_ = last_write_ = loop_.now();
+    timed_ = timed;
+    if (!flags_.dead) arm_timer();
 }
 
 // libev's strategy for activity timeouts: progress only records the time;

@@ -17,11 +17,14 @@ Connection::Connection(ServerCore& core, std::uint64_t serial)
       input_filter_(core.shared().options.input_filter->clone()),
       output_filter_(core.shared().options.output_filter->clone()),
       input_transparent_(input_filter_->transparent()),
-      output_transparent_(output_filter_->transparent()) {}
+      output_transparent_(output_filter_->transparent()),
+      idle_timed_(core.shared().options.idle_timeout > Duration::zero()) {}
 
 Connection::~Connection() = default;
 
-void Connection::touch() noexcept { last_activity_ = core_.loop().now(); }
+void Connection::touch() noexcept {
+    if (idle_timed_) last_activity_ = core_.loop().now();
+}
 
 void Connection::set_remote(const sockaddr_storage& address, socklen_t length) {
     remote_ = address;

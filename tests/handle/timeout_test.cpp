@@ -39,6 +39,35 @@ TEST_P(TimeoutTest, ReadTimeoutFiresWhileAReaderWaits) {
     ASSERT_TRUE(run_until(*loop, [&] { return fired == 2; }, 2s));
 }
 
+// Without a timeout the Handle does not time-stamp its traffic; a timeout
+// set later counts from the moment it is set, not from the Handle's birth
+// or its last stamp.
+TEST_P(TimeoutTest, ATimeoutSetLaterCountsFromThen) {
+    SocketPair pair;
+    Handle handle(*loop, std::exchange(pair.a, -1));
+    handle.on_read([](Handle& h) { h.read_buffer().clear(); });
+    write_all(pair.b, "traffic", 7);
+    run_for(*loop, 120ms);
+    int fired = 0;
+    handle.on_timeout([&](Handle&) { ++fired; });
+    const auto start = std::chrono::steady_clock::now();
+    handle.set_timeout(60ms);
+    loop->run_once(false);
+    EXPECT_EQ(fired, 0) << "not due at once";
+    ASSERT_TRUE(run_until(*loop, [&] { return fired == 1; }, 2s));
+    EXPECT_GE(ms_since(start), 55.0);
+    // Traffic while it is set moves it on, as for a Handle made with it.
+    handle.set_timeout(Duration::zero());
+    handle.set_timeout(200ms);
+    const auto second = std::chrono::steady_clock::now();
+    TimerWatcher drip = loop->timer(50ms, 50ms, [&] { write_all(pair.b, "x", 1); });
+    run_for(*loop, 300ms);
+    EXPECT_EQ(fired, 1) << "traffic every 50 ms keeps a 200 ms timeout away";
+    drip.stop();
+    ASSERT_TRUE(run_until(*loop, [&] { return fired == 2; }, 2s));
+    EXPECT_GE(ms_since(second), 300.0);
+}
+
 TEST_P(TimeoutTest, ActivityResetsTheReadTimeout) {
     SocketPair pair;
     Handle handle(*loop, std::exchange(pair.a, -1), {.rtimeout = 100ms});

@@ -225,6 +225,7 @@ private:
     std::unique_ptr<Filter> output_filter_;
     bool input_transparent_;   // input_filter_->transparent(), asked once
     bool output_transparent_;
+    bool idle_timed_;          // idle_timeout set: activity is time-stamped (touch())
     std::string encoded_;
     sockaddr_storage remote_{};
     socklen_t remote_length_ = 0;
