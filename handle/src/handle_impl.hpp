@@ -53,6 +53,31 @@ struct CallbackSlot {
     }
 };
 
+class HandleImpl;
+
+/// The fd as the layer reads and writes it itself (StreamTransport; TLS's
+/// BIO), on the Handle's terms: reads only while read_through_transport()
+/// allows them, writes only inside an entry when nothing queued must go
+/// first. What happened to the fd is noted here and acted on once the
+/// layer's call has returned (handle_transport.cpp).
+class LayerTransport final : public StreamTransport {
+public:
+    explicit LayerTransport(HandleImpl& handle) noexcept : handle_(handle) {}
+    std::size_t receive(std::span<std::byte> buffer) override;
+    std::size_t send(std::span<const std::byte> bytes) override;
+
+    bool attached = false;       // the layer took it (StreamLayer::attach_transport)
+    bool reads_allowed = false;  // inside read_through_transport()
+    bool drained = false;        // a read came back short: the socket is empty
+    bool eof = false;            // a read returned end of file
+    int error = 0;               // errno of a failed read or write
+    bool read_error = false;     // `error` came from a read
+    std::size_t sent = 0;        // written since pump_layer() last counted
+
+private:
+    HandleImpl& handle_;
+};
+
 class HandleImpl {
 public:
     HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptions& options);
@@ -119,6 +144,7 @@ public:
     ReaderQueue readers_;
     WriteQueue queue_;   // bytes for the socket
     WriteQueue plain_;   // with a layer: plaintext the layer has not taken yet
+    LayerTransport transport_{*this};  // before layer_: outlives it
     std::unique_ptr<StreamLayer> layer_;
     WriteQueue after_layer_;  // queued after stoptls(): goes out plain once the layer is gone
     std::string layer_rest_;   // socket input the closed layer did not take: plain input after it
@@ -160,6 +186,7 @@ public:
 
     // ---- reading (handle_read.cpp) -------------------------------------------
     void read_ready();
+    void read_through_transport(std::span<char> spill);
     void dispatch_input();
     bool run_front_reader();
     bool deliver(std::size_t offset, std::size_t length, std::size_t consume);

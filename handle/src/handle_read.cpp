@@ -102,6 +102,12 @@ void HandleImpl::read_ready() {
             }
         }
     } keep_input{rbuf_};
+    // A layer with a transport reads the fd itself, until its input ended
+    // (what follows is read below and kept for after the layer).
+    if (transport_.attached && !layer_->input_closed()) {
+        read_through_transport({spill, sizeof spill});
+        return;
+    }
     for (unsigned attempt = 0; attempt < options_.reads_per_event; ++attempt) {
         // With rbuf_max, read no more than one byte past it: a record that
         // cannot fit then always fails, however its bytes arrive.
@@ -258,6 +264,7 @@ void HandleImpl::finish_stoptls() {
     std::string trailing = layer_->take_trailing_input();
     trailing += layer_rest_;
     layer_rest_.clear();
+    transport_.attached = false;
     layer_.reset();
     layer_shutdown_ = false;
     stoptls_requested_ = false;
