@@ -8,7 +8,7 @@
 // The Handle moves the bytes: after reading from the socket it feeds the
 // layer and drains its plaintext into the read buffer; after push_write it
 // offers the plaintext and sends what the layer produced. The layer never
-// touches the socket, so it works the same on every backend. A Handle
+// watches the socket, so it works the same on every backend. A Handle
 // without a layer does none of this: the plain path is a single branch.
 //
 // A layer may instead move its bytes itself through the Handle's

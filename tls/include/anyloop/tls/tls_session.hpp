@@ -1,6 +1,7 @@
-// TlsSession: one TLS connection as a pure state machine over memory.
+// TlsSession: one TLS connection as a state machine over memory.
 //
-// The session never touches a socket. Its owner moves bytes:
+// The session never touches a socket by itself. Its owner moves bytes (or
+// lends it a StreamTransport that does, see attach_transport()):
 //
 //        socket ──ciphertext──▶ feed_ciphertext() / ciphertext_input_space()
 //                                      │
