@@ -119,9 +119,9 @@ void HandleImpl::read_through_transport(std::span<char> spill) {
                  true);
             return;
         }
-        // A short read emptied the socket; after a stoptls the plain path
-        // reads on at the next event.
-        if (transport_.drained || !transport_.attached || !reading_wanted()) break;
+        // A short read emptied the socket. After the peer's close_notify
+        // (and after a stoptls) the plain path reads on at the next event.
+        if (transport_.drained || !transport_.attached || layer_->input_closed() || !reading_wanted()) break;
     }
     rbuf_.trim(read_size_);
 }
