@@ -135,6 +135,7 @@ void HandleImpl::set_layer(std::unique_ptr<StreamLayer> layer) {
     if (layer_) throw std::logic_error("Handle::set_layer: " + where() + "a layer is installed already");
     if (flags_.dead) return;
     layer_ = std::move(layer);
+    transport_.attached = layer_->attach_transport(&transport_);
     layer_ready_ = false;
     layer_since_ = loop_.now();
     if (options_.tls_timeout > Duration::zero()) arm_timer();
@@ -159,6 +160,8 @@ std::unique_ptr<StreamLayer> HandleImpl::release_layer() {
     if (!plain_.empty())
         throw std::logic_error("Handle::release_layer: " + where() + std::to_string(plain_.size()) +
                                " plaintext bytes still wait for the layer");
+    if (transport_.attached) layer_->attach_transport(nullptr);
+    transport_.attached = false;
     std::unique_ptr<StreamLayer> layer = std::move(layer_);
     flags_.layer_shutdown = false;
     flags_.stoptls_requested = false;
@@ -196,6 +199,7 @@ void HandleImpl::close_now() noexcept {
     // The storage may still hold the record a running reader is looking at;
     // settle() frees it once no callback is on the stack.
     rbuf_.clear();
+    transport_.attached = false;
     layer_.reset();
     after_layer_.clear();
     if (fd_ >= 0) ::close(fd_);

@@ -83,6 +83,31 @@ struct HandleFlags {
 };
 static_assert(sizeof(HandleFlags) == 2 * sizeof(std::uint64_t) && std::is_trivially_copyable_v<HandleFlags>);
 
+class HandleImpl;
+
+/// The fd as the layer reads and writes it itself (StreamTransport; TLS's
+/// BIO), on the Handle's terms: reads only while read_through_transport()
+/// allows them, writes only inside an entry when nothing queued must go
+/// first. What happened to the fd is noted here and acted on once the
+/// layer's call has returned (handle_transport.cpp).
+class LayerTransport final : public StreamTransport {
+public:
+    explicit LayerTransport(HandleImpl& handle) noexcept : handle_(handle) {}
+    std::size_t receive(std::span<std::byte> buffer) override;
+    std::size_t send(std::span<const std::byte> bytes) override;
+
+    bool attached = false;       // the layer took it (StreamLayer::attach_transport)
+    bool reads_allowed = false;  // inside read_through_transport()
+    bool drained = false;        // a read came back short: the socket is empty
+    bool eof = false;            // a read returned end of file
+    int error = 0;               // errno of a failed read or write
+    bool read_error = false;     // `error` came from a read
+    std::size_t sent = 0;        // written since pump_layer() last counted
+
+private:
+    HandleImpl& handle_;
+};
+
 class HandleImpl {
 public:
     HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptions& options);
@@ -157,6 +182,7 @@ public:
     ReaderQueue readers_;
     WriteQueue queue_;   // bytes for the socket
     WriteQueue plain_;   // with a layer: plaintext the layer has not taken yet
+    LayerTransport transport_{*this};  // before layer_: outlives it
     std::unique_ptr<StreamLayer> layer_;
     WriteQueue after_layer_;  // queued after stoptls(): goes out plain once the layer is gone
     std::string layer_rest_;   // socket input the closed layer did not take: plain input after it
@@ -214,18 +240,27 @@ public:
                readers_.empty() && rbuf_.empty() && rbuf_.capacity() == 0 && queue_.empty();
     }
     bool take_input(bool dispatch);
+    bool after_layer_input();
     /// Copies input still borrowed from a stack buffer into storage.
     static void keep_borrowed_input(ReadBuffer& input) noexcept {
         if (input.borrowed()) copy_borrowed_input(input);
     }
     static void copy_borrowed_input(ReadBuffer& input) noexcept;
     void read_failed(int error);
+    /// Progress, for the timeouts (none set: nothing to record).
+    void stamp_read() noexcept {
+        if (timed_) last_activity_ = last_read_ = loop_.now();
+    }
+    void stamp_write() noexcept {
+        if (timed_) last_activity_ = last_write_ = loop_.now();
+    }
     /// Bookkeeping of a read that brought `got` of `asked` bytes.
     void note_read(std::size_t got, std::size_t asked) noexcept {
-        if (timed_) last_activity_ = last_read_ = loop_.now();
+        stamp_read();
         // Small reads are counted only while read_size_ is above the option.
         if (got >= asked || read_size_ > options_.read_size) adapt_read_size(got, asked);
     }
+    void read_through_transport(std::span<char> spill);
     void dispatch_input();
     bool run_front_reader();
     bool deliver(std::size_t offset, std::size_t length, std::size_t consume);

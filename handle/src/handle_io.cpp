@@ -12,6 +12,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace anyloop::detail {
 
@@ -256,6 +257,8 @@ bool HandleImpl::pump_layer(std::size_t& written) {
         flags_.layer_shutdown = true;
         layer_->shutdown();
     }
+    // What the layer sent through the transport itself.
+    written += std::exchange(transport_.sent, 0);
     const std::span<const std::byte> output = layer_->pending_output();
     if (!output.empty() && queue_.empty() && !flags_.write_blocked) {
         const iovec one{const_cast<std::byte*>(output.data()), output.size()};
@@ -286,8 +289,15 @@ bool HandleImpl::queue_layer_output() {
     return true;
 }
 
-// Whether the layer failed; if so, fails the Handle with its reason.
+// Whether the layer failed, or the fd under its transport; if so, fails
+// the Handle with the reason (a socket error keeps its own code).
 bool HandleImpl::layer_failed() {
+    if (transport_.error != 0) {
+        const int failed = transport_.error;
+        fail(errno_code(failed),
+             where() + (transport_.read_error ? "read failed: " : "write failed: ") + std::strerror(failed), true);
+        return true;
+    }
     const std::error_code error = layer_->error();
     if (!error) return false;
     fail(error, where() + layer_->error_message(), true);
@@ -301,7 +311,7 @@ void HandleImpl::write_failed(int error) {
 void HandleImpl::after_write(std::size_t written) {
     if (flags_.dead) return;
     if (written > 0) {
-        if (timed_) last_activity_ = last_write_ = loop_.now();
+        stamp_write();
         if (queued_bytes() <= options_.low_water_mark) flags_.drain_due = true;
     }
     // A plain write only shrinks the queue: it can end a pause, not start

@@ -101,6 +101,12 @@ struct KeepInputOnUnwind {
 void HandleImpl::read_ready() {
     char spill[kSpillSize];
     KeepInputOnUnwind keep_input{rbuf_};
+    // A layer with a transport reads the fd itself, until its input ended
+    // (what follows is read below and kept for after the layer).
+    if (transport_.attached && !layer_->input_closed()) {
+        read_through_transport({spill, sizeof spill});
+        return;
+    }
     for (unsigned attempt = 0; attempt < options_.reads_per_event; ++attempt) {
         // With rbuf_max, read no more than one byte past it: a record that
         // cannot fit then always fails, however its bytes arrive.
@@ -150,20 +156,7 @@ void HandleImpl::read_ready() {
             } else {
                 feed_layer(spill, got, {spill, sizeof spill});
             }
-            if (flags_.dead) return;
-            // on_starttls comes before the data that arrived with the end of
-            // the handshake; on_stoptls after the data that came over TLS
-            // (below), as on_eof follows every record.
-            if (flags_.starttls_due) {
-                flags_.starttls_due = false;
-                invoke(on_starttls_, true, std::string());
-                if (flags_.dead || flags_.orphaned) return;
-            }
-            if (layer_ && layer_->input_closed() && !flags_.stoptls_requested) {
-                // The peer's close_notify, and nobody takes it for stoptls.
-                end_of_input();
-                return;
-            }
+            if (!after_layer_input()) return;
         }
         if (!take_input(true)) return;
         // A short read emptied the socket: another read would only say EAGAIN.
@@ -207,6 +200,25 @@ void HandleImpl::read_quick() {
         rbuf_.trim(read_size_);
     });
     if (!settle_quick()) settle();
+}
+
+// After input went through the layer: on_starttls, which comes before the
+// data that arrived with the end of the handshake (on_stoptls comes after
+// the data that came over TLS, as on_eof follows every record), and the
+// peer's close_notify when nobody takes it for stoptls: end of file. False
+// when reading must stop.
+bool HandleImpl::after_layer_input() {
+    if (flags_.dead) return false;
+    if (flags_.starttls_due) {
+        flags_.starttls_due = false;
+        invoke(on_starttls_, true, std::string());
+        if (flags_.dead || flags_.orphaned) return false;
+    }
+    if (layer_ && layer_->input_closed() && !flags_.stoptls_requested) {
+        end_of_input();
+        return false;
+    }
+    return true;
 }
 
 // After new input: the readers take what they can, the rest leaves the
@@ -313,6 +325,7 @@ void HandleImpl::finish_stoptls() {
     std::string trailing = layer_->take_trailing_input();
     trailing += layer_rest_;
     layer_rest_.clear();
+    transport_.attached = false;
     layer_.reset();
     flags_.layer_shutdown = false;
     flags_.stoptls_requested = false;

@@ -1,11 +1,14 @@
 // TLS on a Handle over loopback, every backend: echo (bulk, pipelined,
 // split at every byte), stoptls, push_shutdown, the handshake timeout, a
-// KeyUpdate, destruction inside the TLS callbacks, and reading paused while
-// records arrive. starttls after a greeting: tls_starttls_test.cpp.
+// KeyUpdate, destruction inside the TLS callbacks, reading paused while
+// records arrive, writes refused mid-record, exact reads up to a
+// close_notify, and socket errors. starttls after a greeting: tls_starttls_test.cpp.
 #include <anyloop/handle/handle.hpp>
 #include <anyloop/tls/tls_layer.hpp>
 
 #include "tls/tls_handle_test_support.hpp"
+
+#include <sys/socket.h>
 
 #include <chrono>
 #include <memory>
@@ -490,6 +493,125 @@ TEST_P(TlsHandleTest, PausedReadingDeliversEverySmallRecordOnResume) {
         for (int i = 0; i < kRecords; ++i) ASSERT_EQ(lines[static_cast<std::size_t>(i)], "record " + std::to_string(i));
     }
     EXPECT_EQ(p.errors(), "");
+}
+
+// The socket refuses the server's output partway through a TLS record (the
+// Handle's layer writes straight to the socket): the rest waits in the
+// Handle's queue, later records wait behind it, and the peer gets every
+// byte in order once it reads again.
+TEST_P(TlsHandleTest, WriteRefusedPartwayThroughARecordArrivesInOrder) {
+    TcpPair sockets;
+    // (A receive buffer shrunk after the connect can stall loopback TCP in
+    // zero-window probes for seconds: only the sender's is made small.)
+    const int size = 16 * 1024;
+    ::setsockopt(sockets.b, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    Handle server(*loop, sockets.take_b(), tls_options(TlsMode::accept, server_context()));
+    Handle client(*loop, sockets.take_a(), tls_options(TlsMode::connect, client_context(), "localhost"));
+    Events server_events;
+    Events client_events;
+    server_events.watch(server);
+    client_events.watch(client);
+    std::string received;
+    collect_bytes(client, received);
+    ASSERT_TRUE(run_until(
+        *loop, [&] { return (server.tls_established() && client.tls_established()) || server_events.failed(); }, 2s))
+        << server_events.message << client_events.message;
+    client.stop_read();
+    const std::string data = random_bytes(1U << 20, 12);
+    server.push_write(data);  // large: encrypted and sent at once, as far as the socket takes it
+    EXPECT_GT(server.write_queue_size(), 0U) << "the socket took all of 1 MiB";
+    run_for(*loop, 20ms);
+    client.start_read();
+    ASSERT_TRUE(run_until(
+        *loop, [&] { return received.size() >= data.size() || server_events.failed() || client_events.failed(); }, 5s))
+        << received.size() << " of " << data.size() << "; server queue " << server.write_queue_size()
+        << ", client reading " << client.reading() << " readable " << handle_support::readable_bytes(client.fd())
+        << " pending " << tls::tls_session(client)->has_pending_plaintext() << " server pending "
+        << tls::tls_session(server)->pending_ciphertext().size() << "; " << server_events.message
+        << client_events.message;
+    EXPECT_TRUE(received == data) << "first difference at byte " << first_difference(received, data);
+    EXPECT_EQ(server.write_queue_size(), 0U);
+    EXPECT_EQ(server_events.message + client_events.message, "");
+}
+
+// With on_stoptls set the Handle reads no byte past the peer's close_notify
+// (no read-ahead): plaintext right behind it, whether it arrives with it or
+// one byte at a time, is the first plain input.
+TEST_P(TlsHandleTest, ServerReadsExactlyUpToThePeersCloseNotify) {
+    for (const bool bytewise : {false, true}) {
+        SCOPED_TRACE(bytewise ? "one byte per read" : "all in one write");
+        ServerAndSessionClient pair(*loop);
+        auto& [sockets, server, events, client] = pair;
+        int stopped = 0;
+        server.on_stoptls([&](Handle&) { ++stopped; });
+        client.auto_send = true;
+        client.watch(*loop);
+        client.send_all();  // ClientHello
+        ASSERT_TRUE(run_until(
+            *loop, [&] { return (events.starttls_ok == 1 && client.session.handshake_done()) || events.failed(); }, 2s))
+            << events.message;
+        client.write("one\n");
+        client.session.shutdown();
+        std::vector<std::byte> wire = client.session.take_ciphertext();
+        const std::string plain = "two plain\n";
+        const auto* plain_bytes = reinterpret_cast<const std::byte*>(plain.data());
+        wire.insert(wire.end(), plain_bytes, plain_bytes + plain.size());
+        if (bytewise) {
+            for (const std::byte byte : wire) {
+                write_all(sockets.a, &byte, 1);
+                handle_support::run_until_drained(*loop, server.fd());
+            }
+        } else {
+            write_all(sockets.a, wire.data(), wire.size());
+        }
+        ASSERT_TRUE(run_until(
+            *loop, [&] { return client.after_close.size() >= 16 || events.failed() || client.session.failed(); }, 2s))
+            << events.message << client.session.error_message();
+        EXPECT_EQ(client.plaintext, "echo: one\n");
+        EXPECT_EQ(client.after_close, "echo: two plain\n");
+        EXPECT_EQ(stopped, 1);
+        EXPECT_EQ(server.layer(), nullptr);
+        EXPECT_EQ(events.message, "");
+    }
+}
+
+// A socket error under TLS keeps its own code (not EPROTO), whether the
+// layer met it reading or writing.
+TEST_P(TlsHandleTest, ASocketErrorUnderTlsKeepsItsErrno) {
+    for (const bool reading : {true, false}) {
+        SCOPED_TRACE(reading ? "reading" : "writing");
+        TcpPair sockets;
+        Handle server(*loop, sockets.take_b(), tls_options(TlsMode::accept, server_context()));
+        Events events;
+        events.watch(server);
+        if (reading) echo_lines(server);
+        SessionPeer client(client_context(), sockets.a, "localhost");
+        client.send_all();  // ClientHello
+        ASSERT_TRUE(run_until(
+            *loop,
+            [&] {
+                client.receive();
+                client.send_all();
+                return (events.starttls_ok == 1 && client.session.handshake_done()) || events.failed();
+            },
+            2s))
+            << events.message;
+        run_for(*loop, 10ms);  // the server's tickets
+        // Close with a reset.
+        const linger reset{1, 0};
+        ::setsockopt(sockets.a, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+        ::close(sockets.take_a());
+        if (!reading) {
+            run_for(*loop, 10ms);
+            server.push_write(std::string(100, 'x'));
+        }
+        ASSERT_TRUE(run_until(
+            *loop, [&] { return events.failed(); }, 2s));
+        EXPECT_TRUE(events.error == std::errc::connection_reset || events.error == std::errc::broken_pipe)
+            << events.error.message() << ": " << events.message;
+        EXPECT_NE(events.message.find(reading ? "read failed" : "write failed"), std::string::npos) << events.message;
+        EXPECT_EQ(events.fatal_errors, 1);
+    }
 }
 
 ANYLOOP_INSTANTIATE_BACKENDS(TlsHandleTest);

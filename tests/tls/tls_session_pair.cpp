@@ -1,8 +1,24 @@
 #include "tls_session_pair.hpp"
 
+#include "tls/tls_test_support.hpp"
+
 #include <stdexcept>
 
 namespace anyloop::test {
+
+std::shared_ptr<tls::TlsContext> server_context(tls::TlsContextOptions options) {
+    const auto& certs = test_certificates();
+    options.role = tls::TlsRole::server;
+    options.certificate_file = certs.server_cert();
+    options.private_key_file = certs.server_key();
+    return tls::TlsContext::create(options);
+}
+
+std::shared_ptr<tls::TlsContext> client_context(tls::TlsContextOptions options) {
+    options.role = tls::TlsRole::client;
+    options.ca_file = test_certificates().ca();
+    return tls::TlsContext::create(options);
+}
 
 Bytes to_bytes(std::string_view text) {
     const auto* data = reinterpret_cast<const std::byte*>(text.data());

@@ -16,6 +16,11 @@ namespace anyloop::test {
 
 using Bytes = std::vector<std::byte>;
 
+/// The session tests' contexts: the server of server.pem, a client
+/// trusting ca.pem; `options` adds to them (the role and files are set here).
+std::shared_ptr<tls::TlsContext> server_context(tls::TlsContextOptions options = {});
+std::shared_ptr<tls::TlsContext> client_context(tls::TlsContextOptions options = {});
+
 Bytes to_bytes(std::string_view text);
 std::string to_string(std::span<const std::byte> bytes);
 

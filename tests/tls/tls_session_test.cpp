@@ -26,20 +26,6 @@ using tls::TlsRole;
 using tls::TlsSession;
 using tls::TlsVersion;
 
-std::shared_ptr<TlsContext> server_context(TlsContextOptions options = {}) {
-    const auto& certs = test_certificates();
-    options.role = TlsRole::server;
-    options.certificate_file = certs.server_cert();
-    options.private_key_file = certs.server_key();
-    return TlsContext::create(options);
-}
-
-std::shared_ptr<TlsContext> client_context(TlsContextOptions options = {}) {
-    options.role = TlsRole::client;
-    options.ca_file = test_certificates().ca();
-    return TlsContext::create(options);
-}
-
 std::string describe(const TlsSessionPair& pair) {
     return "client: '" + pair.client.error_message() + "', server: '" + pair.server.error_message() + "'";
 }

@@ -1,17 +1,33 @@
-// TlsSession: an SSL object over a BIO pair, driven entirely from memory.
+// TlsSession: an SSL object over a BIO of our own, driven from memory or,
+// when its owner attaches one, straight from the owner's socket.
 //
-// Why a BIO pair rather than two memory BIOs: the pair is a pair of fixed
-// ring buffers. On the way in that gives (1) a bound: a peer cannot make the
-// session buffer more than one ring of ciphertext, the caller is told how much
-// was accepted and the rest stays in the socket (TCP backpressure instead of
-// growth), and (2) zero copy: BIO_nwrite0() exposes the ring, so the Handle
-// can recv() straight into it (ciphertext_input_space()). A memory BIO grows
-// without bound and can only be filled by copying. On the way out every SSL
-// call is followed by flush_output(), which moves what OpenSSL wrote into
-// `outgoing`, a plain vector the caller can send from or take by move; so
-// OpenSSL never sees a full transport, and WANT_WRITE only means "flush and
-// call again", which this file does itself.
+// The BIO (one BIO_METHOD per process, its data the session's state) reads
+// and writes the session's own buffers:
+//
+//   input   fed ciphertext (feed_ciphertext(), or recv() straight into it
+//           through ciphertext_input_space()). Bounded: it holds one record
+//           of any version, the caller is told how much was accepted and
+//           the rest stays in the socket (TCP backpressure, not growth).
+//   output  what OpenSSL wrote, for the caller to send or take by move. The
+//           BIO takes everything, so OpenSSL never meets a full transport
+//           and never says WANT_WRITE; write_plaintext() stops at
+//           max_pending_ciphertext instead.
+//
+// With a transport attached (a Handle's socket, see attach_transport()) the
+// BIO sends OpenSSL's records to it directly and keeps only what it refuses,
+// and once the input buffer is empty it receives from it straight into
+// OpenSSL's buffer (read-ahead on, so one recv() takes a whole record): the
+// ciphertext is copied by the kernel only, as with SSL_set_fd(). The owner
+// still decides when the transport may be used; OpenSSL sees only this BIO.
+//
+// The thread's OpenSSL error queue is kept empty as an invariant: every
+// failure takes what it queued (fail()), the rare calls that may queue
+// something harmless clear it after themselves, and so the hot path neither
+// peeks nor clears. A WANT_READ is recognised from our own BIO's retry flag,
+// without SSL_get_error() looking at the queue.
 #include <anyloop/tls/tls_session.hpp>
+
+#include <anyloop/handle/stream_layer.hpp>
 
 #include "detail/context_state.hpp"
 #include "detail/openssl_errors.hpp"
@@ -33,22 +49,11 @@
 namespace anyloop::tls {
 namespace {
 
-// Ring sizes of the BIO pair. The input ring holds one TLS record of any
-// version (16 KiB of payload plus at most 2 KiB of TLS 1.2 expansion) so a
-// whole record can be fed at once. The output ring is drained after every
-// SSL call; one record fits, and a larger burst just takes another round.
-// The rings are allocated with the session, so they are most of an idle
-// session's memory (OpenSSL's own buffers are released when idle).
-constexpr std::size_t kInputRingSize = 20 * 1024;
-constexpr std::size_t kOutputRingSize = 20 * 1024;
-
-// A WANT_WRITE that persists after draining the output ring would mean
-// OpenSSL and the ring disagree; bounded so a bug cannot spin forever.
-constexpr int kMaxWriteRetries = 64;
-
-int clamp_int(std::size_t size) {
-    return static_cast<int>(std::min<std::size_t>(size, INT_MAX));
-}
+// The input buffer holds one TLS record of any version (16 KiB of payload
+// plus at most 2 KiB of TLS 1.2 expansion), so a whole record can be fed at
+// once. It is allocated on first use: a session on a Handle's socket reads
+// through the transport and needs it only for bytes that came before TLS.
+constexpr std::size_t kInputSize = 20 * 1024;
 
 bool is_ip_address(const std::string& name) {
     unsigned char address[16];
@@ -74,6 +79,8 @@ std::string name_to_string(const X509_NAME* name) {
 
 namespace detail {
 
+BIO_METHOD* session_bio_method();
+
 struct SessionState {
     SessionState(std::shared_ptr<TlsContext> context_in, TlsSessionOptions options)
         : context(std::move(context_in)),
@@ -86,8 +93,7 @@ struct SessionState {
         // just hangs up is not a security problem. A failed session stays
         // unresumable; OpenSSL removed it from the caches when it failed.
         if (ssl && !failed) SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
-        SSL_free(ssl);  // frees the SSL's end of the pair
-        BIO_free(network);
+        SSL_free(ssl);  // frees the BIO too
     }
     SessionState(const SessionState&) = delete;
     SessionState& operator=(const SessionState&) = delete;
@@ -96,7 +102,13 @@ struct SessionState {
     std::string peer_name;  // the SSL's app data points here (see peer_name_of)
     std::size_t max_pending_ciphertext;
     SSL* ssl = nullptr;
-    BIO* network = nullptr;  // our end of the pair: ciphertext in, ciphertext out
+    BIO* bio = nullptr;  // owned by `ssl`; its data is this state
+    StreamTransport* transport = nullptr;
+    bool read_ahead = false;
+
+    std::unique_ptr<std::byte[]> input;  // kInputSize bytes once used
+    std::size_t input_begin = 0;         // unread fed ciphertext: [input_begin, input_end)
+    std::size_t input_end = 0;
 
     std::vector<std::byte> outgoing;  // ciphertext to send, from outgoing_begin on
     std::size_t outgoing_begin = 0;
@@ -106,30 +118,65 @@ struct SessionState {
     bool peer_closed = false;
     bool eof_fed = false;
     bool failed = false;
-    // The last SSL_read() ran out of input; cleared by new ciphertext. Lets
-    // has_pending_plaintext() ignore a partial record waiting in the ring.
+    // The last SSL_read() ran out of input; cleared by new ciphertext (or a
+    // readable transport). Lets has_pending_plaintext() ignore a partial
+    // record waiting in the buffers.
     bool read_starved = false;
     std::error_code error;
     std::string message;
 
     std::size_t pending_size() const noexcept { return outgoing.size() - outgoing_begin; }
+    std::size_t input_size() const noexcept { return input_end - input_begin; }
 
-    /// Moves everything OpenSSL wrote into the pair to `outgoing`. Called
-    /// after every SSL call, so the output ring is empty before the next one.
-    void flush_output() {
-        for (;;) {
-            const std::size_t available = BIO_ctrl_pending(network);
-            if (available == 0) break;
-            char* data = nullptr;
-            const int got = BIO_nread(network, &data, clamp_int(available));
-            if (got <= 0) break;
-            if (outgoing_begin == outgoing.size()) {
-                outgoing.clear();
-                outgoing_begin = 0;
-            }
-            const auto* bytes = reinterpret_cast<const std::byte*>(data);
-            outgoing.insert(outgoing.end(), bytes, bytes + got);
+    /// The free tail of the input buffer, after moving what is unread to
+    /// its front.
+    std::span<std::byte> input_space() {
+        if (!input) input = std::make_unique_for_overwrite<std::byte[]>(kInputSize);
+        if (input_begin > 0) {
+            std::memmove(input.get(), input.get() + input_begin, input_size());
+            input_end -= input_begin;
+            input_begin = 0;
         }
+        return {input.get() + input_end, kInputSize - input_end};
+    }
+
+    // ---- the BIO's side ------------------------------------------------------
+
+    /// OpenSSL wants `buffer.size()` bytes at most: fed input first, then
+    /// the transport. Returns 0 for "nothing now" (the BIO says retry).
+    std::size_t bio_read(std::span<std::byte> buffer) {
+        if (const std::size_t available = input_size(); available > 0) {
+            const std::size_t n = std::min(available, buffer.size());
+            std::memcpy(buffer.data(), input.get() + input_begin, n);
+            input_begin += n;
+            if (input_begin == input_end) input_begin = input_end = 0;
+            return n;
+        }
+        if (transport != nullptr && !eof_fed) return transport->receive(buffer);
+        return 0;
+    }
+
+    /// OpenSSL wrote `bytes`: to the transport if nothing waits before
+    /// them, else (and whatever it refuses) into `outgoing`.
+    void bio_write(std::span<const std::byte> bytes) {
+        std::size_t sent = 0;
+        if (transport != nullptr && pending_size() == 0) sent = transport->send(bytes);
+        if (sent == bytes.size()) return;
+        if (outgoing_begin == outgoing.size()) {
+            outgoing.clear();
+            outgoing_begin = 0;
+        }
+        outgoing.insert(outgoing.end(), bytes.begin() + static_cast<std::ptrdiff_t>(sent), bytes.end());
+    }
+
+    // ---- driving OpenSSL -----------------------------------------------------
+
+    /// SSL_get_error() for a call that returned `result` <= 0, except that
+    /// a WANT_READ is recognised from our BIO's retry flag first: that
+    /// case is the usual one and needs no look at the error queue.
+    int ssl_error(int result) const {
+        if (SSL_want_read(ssl) && BIO_should_read(bio)) return SSL_ERROR_WANT_READ;
+        return SSL_get_error(ssl, result);
     }
 
     /// Records the failure described by SSL_get_error() == `ssl_error` and
@@ -160,23 +207,69 @@ struct SessionState {
 
     /// Runs SSL_do_handshake() as far as the input allows.
     void drive_handshake() {
-        for (int retries = 0; !handshake_done && !failed;) {
-            detail::clear_openssl_errors();
-            const int result = SSL_do_handshake(ssl);
-            const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl, result);
-            flush_output();
-            if (result == 1) {
-                handshake_done = true;
-            } else if (ssl_error == SSL_ERROR_WANT_READ) {
-                break;
-            } else if (ssl_error != SSL_ERROR_WANT_WRITE || ++retries > kMaxWriteRetries) {
-                fail(ssl_error);
-            }
+        if (handshake_done || failed) return;
+        const int result = SSL_do_handshake(ssl);
+        if (result == 1) {
+            handshake_done = true;
+            return;
         }
+        const int error_kind = ssl_error(result);
+        if (error_kind != SSL_ERROR_WANT_READ) fail(error_kind);
     }
 
     bool accepts_input() const noexcept { return !failed && !peer_closed && !eof_fed; }
 };
+
+namespace {
+
+int bio_write_ex(BIO* bio, const char* data, std::size_t length, std::size_t* written) {
+    auto* state = static_cast<SessionState*>(BIO_get_data(bio));
+    BIO_clear_retry_flags(bio);
+    state->bio_write({reinterpret_cast<const std::byte*>(data), length});
+    *written = length;
+    return 1;
+}
+
+int bio_read_ex(BIO* bio, char* data, std::size_t length, std::size_t* read) {
+    auto* state = static_cast<SessionState*>(BIO_get_data(bio));
+    BIO_clear_retry_flags(bio);
+    *read = state->bio_read({reinterpret_cast<std::byte*>(data), length});
+    if (*read > 0) return 1;
+    // Nothing: retry later, unless the input ended (OpenSSL then asks
+    // BIO_eof() and calls it a truncation unless close_notify came first).
+    if (!(state->eof_fed && state->input_size() == 0)) BIO_set_retry_read(bio);
+    return 0;
+}
+
+long bio_ctrl(BIO* bio, int command, long, void*) {
+    const auto* state = static_cast<const SessionState*>(BIO_get_data(bio));
+    switch (command) {
+        case BIO_CTRL_FLUSH:
+            return 1;
+        case BIO_CTRL_EOF:
+            return state->eof_fed && state->input_size() == 0 ? 1 : 0;
+        case BIO_CTRL_PENDING:
+            return static_cast<long>(state->input_size());
+        case BIO_CTRL_WPENDING:
+            return static_cast<long>(state->pending_size());
+        default:
+            return 0;
+    }
+}
+
+}  // namespace
+
+// Made once per process and never freed, like OpenSSL's own methods.
+BIO_METHOD* session_bio_method() {
+    static BIO_METHOD* const method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "anyloop TLS session");
+        if (m == nullptr || BIO_meth_set_write_ex(m, bio_write_ex) != 1 || BIO_meth_set_read_ex(m, bio_read_ex) != 1 ||
+            BIO_meth_set_ctrl(m, bio_ctrl) != 1)
+            throw std::runtime_error("TlsSession: BIO_meth_new: " + take_openssl_reason("out of memory"));
+        return m;
+    }();
+    return method;
+}
 
 }  // namespace detail
 
@@ -193,10 +286,12 @@ TlsSession::TlsSession(std::shared_ptr<TlsContext> context, TlsSessionOptions op
     detail::clear_openssl_errors();
     s.ssl = SSL_new(context_state.ctx);
     if (!s.ssl) throw std::runtime_error("TlsSession: SSL_new: " + detail::take_openssl_reason("out of memory"));
-    BIO* internal = nullptr;
-    if (BIO_new_bio_pair(&internal, kOutputRingSize, &s.network, kInputRingSize) != 1)
-        throw std::runtime_error("TlsSession: BIO_new_bio_pair: " + detail::take_openssl_reason("out of memory"));
-    SSL_set_bio(s.ssl, internal, internal);  // one reference, used for both directions
+    BIO* bio = BIO_new(detail::session_bio_method());
+    if (!bio) throw std::runtime_error("TlsSession: BIO_new: " + detail::take_openssl_reason("out of memory"));
+    BIO_set_data(bio, &s);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(s.ssl, bio, bio);  // one reference, used for both directions
+    s.bio = bio;
     SSL_set_app_data(s.ssl, &s.peer_name);
 
     if (context_state.role == TlsRole::server) {
@@ -234,55 +329,61 @@ TlsSession::~TlsSession() = default;
 TlsSession::TlsSession(TlsSession&&) noexcept = default;
 TlsSession& TlsSession::operator=(TlsSession&&) noexcept = default;
 
+// --- the transport ---
+
+void TlsSession::attach_transport(StreamTransport* transport) {
+    detail::SessionState& s = *impl_;
+    s.transport = transport;
+    // With a transport OpenSSL reads as much as the socket holds into its
+    // own buffer; without one, exactly one record at a time, so what
+    // follows the peer's close_notify stays in the input buffer.
+    s.read_ahead = transport != nullptr;
+    SSL_set_read_ahead(s.ssl, s.read_ahead ? 1 : 0);
+}
+
+void TlsSession::transport_readable(bool exact) {
+    detail::SessionState& s = *impl_;
+    s.read_starved = false;
+    if (s.read_ahead == exact) {
+        s.read_ahead = !exact;
+        SSL_set_read_ahead(s.ssl, s.read_ahead ? 1 : 0);
+    }
+}
+
 // --- ciphertext in ---
 
 std::size_t TlsSession::feed_ciphertext(std::span<const std::byte> ciphertext) {
     detail::SessionState& s = *impl_;
     std::size_t accepted = 0;
-    bool refused = false;
     while (accepted < ciphertext.size() && s.accepts_input()) {
-        const int wrote = BIO_write(s.network, ciphertext.data() + accepted, clamp_int(ciphertext.size() - accepted));
-        if (wrote > 0) {
-            accepted += static_cast<std::size_t>(wrote);
-            s.read_starved = false;
-        } else {
-            refused = true;
-        }
-        if (s.handshake_done) {
-            // Application data waits in the ring for read_plaintext(); when the
-            // ring is full, the caller keeps the rest.
-            if (wrote <= 0) break;
-        } else {
-            s.drive_handshake();
-            if (wrote <= 0 && BIO_ctrl_get_write_guarantee(s.network) == 0) break;
-        }
+        const std::span<std::byte> space = s.input_space();
+        const std::size_t n = std::min(space.size(), ciphertext.size() - accepted);
+        if (n == 0) break;  // full: read_plaintext() makes room
+        std::memcpy(space.data(), ciphertext.data() + accepted, n);
+        s.input_end += n;
+        accepted += n;
+        s.read_starved = false;
+        // The handshake consumes its input at once; application data waits
+        // for read_plaintext().
+        if (s.handshake_done) break;
+        s.drive_handshake();
     }
-    if (refused) detail::clear_openssl_errors();  // a refused BIO_write leaves an entry we do not need
     return accepted;
 }
 
 std::span<std::byte> TlsSession::ciphertext_input_space() {
     detail::SessionState& s = *impl_;
     if (!s.accepts_input()) return {};
-    char* space = nullptr;
-    const auto size = BIO_nwrite0(s.network, &space);
-    if (size <= 0 || !space) {
-        detail::clear_openssl_errors();  // a full ring queues an entry
-        return {};
-    }
-    return {reinterpret_cast<std::byte*>(space), static_cast<std::size_t>(size)};
+    return s.input_space();
 }
 
 void TlsSession::commit_ciphertext_input(std::size_t bytes) {
     detail::SessionState& s = *impl_;
     if (bytes == 0) return;
     if (!s.accepts_input()) throw std::logic_error("TlsSession::commit_ciphertext_input: the session takes no input");
-    char* space = nullptr;
-    const int committed = BIO_nwrite(s.network, &space, clamp_int(bytes));
-    if (committed < 0 || static_cast<std::size_t>(committed) != bytes) {
-        detail::clear_openssl_errors();
+    if (!s.input || bytes > kInputSize - s.input_end)
         throw std::logic_error("TlsSession::commit_ciphertext_input: more bytes than ciphertext_input_space() offered");
-    }
+    s.input_end += bytes;
     s.read_starved = false;
     if (!s.handshake_done) s.drive_handshake();
 }
@@ -292,7 +393,6 @@ void TlsSession::feed_eof() {
     if (s.eof_fed) return;
     s.eof_fed = true;
     s.read_starved = false;  // the next read sees the end
-    BIO_shutdown_wr(s.network);
     if (!s.handshake_done && !s.failed) s.drive_handshake();
 }
 
@@ -332,29 +432,19 @@ std::size_t TlsSession::write_plaintext(std::span<const std::byte> plaintext) {
     if (s.shutdown_sent) throw std::logic_error("TlsSession::write_plaintext after shutdown()");
     if (s.failed || !s.handshake_done) return 0;
     std::size_t accepted = 0;
-    int retries = 0;
-    // The pending limit is checked only between whole SSL_write calls: after
-    // WANT_WRITE OpenSSL holds an encrypted record and must get the same
-    // bytes again at once, so that retry is never postponed.
+    // The BIO takes every record, so one SSL_write writes all it is given;
+    // the pending limit applies between calls.
     while (accepted < plaintext.size() && s.pending_size() < s.max_pending_ciphertext) {
-        for (;;) {
-            detail::clear_openssl_errors();
-            std::size_t written = 0;
-            const int result = SSL_write_ex(s.ssl, plaintext.data() + accepted, plaintext.size() - accepted, &written);
-            const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
-            s.flush_output();
-            if (result == 1) {
-                accepted += written;
-                break;
-            }
-            if (ssl_error == SSL_ERROR_WANT_WRITE && ++retries <= kMaxWriteRetries) continue;
-            if (ssl_error == SSL_ERROR_WANT_READ) {
-                detail::clear_openssl_errors();
-                return accepted;  // cannot happen without renegotiation; wait for input
-            }
-            s.fail(ssl_error);
-            return accepted;
+        std::size_t written = 0;
+        const int result = SSL_write_ex(s.ssl, plaintext.data() + accepted, plaintext.size() - accepted, &written);
+        if (result == 1) {
+            accepted += written;
+            continue;
         }
+        const int ssl_error = s.ssl_error(result);
+        if (ssl_error == SSL_ERROR_WANT_READ) return accepted;  // cannot happen without renegotiation
+        s.fail(ssl_error);
+        return accepted;
     }
     return accepted;
 }
@@ -368,34 +458,29 @@ std::size_t TlsSession::read_plaintext(std::span<std::byte> buffer) {
     }
     if (s.read_starved) return 0;  // nothing new since OpenSSL last wanted input
     std::size_t total = 0;
-    int retries = 0;
     // SSL_read returns at most one record per call; going on until OpenSSL
-    // wants more input is what leaves no decrypted byte behind in it.
+    // wants more input is what leaves no decrypted byte behind in it. A
+    // read can also write (a KeyUpdate reply, TLS 1.3 tickets, an alert):
+    // the BIO sends or keeps that.
     while (total < buffer.size()) {
-        detail::clear_openssl_errors();
         std::size_t got = 0;
         const int result = SSL_read_ex(s.ssl, buffer.data() + total, buffer.size() - total, &got);
-        const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
-        // A read can write: a KeyUpdate reply, TLS 1.3 tickets, an alert.
-        s.flush_output();
         if (result == 1) {
             total += got;
             // Another SSL_read would only say WANT_READ: nothing decrypted,
-            // no record and no byte of one left inside OpenSSL.
-            if (SSL_pending(s.ssl) == 0 && SSL_has_pending(s.ssl) == 0 &&
-                BIO_ctrl_pending(SSL_get_rbio(s.ssl)) == 0 && !s.eof_fed) {
+            // no record and no byte of one left inside OpenSSL or the input
+            // buffer. (A transport may have more; the owner says so with
+            // transport_readable().)
+            if (SSL_has_pending(s.ssl) == 0 && s.input_size() == 0 && !s.eof_fed) {
                 s.read_starved = true;
                 return total;
             }
             continue;
         }
+        const int ssl_error = s.ssl_error(result);
         switch (ssl_error) {
             case SSL_ERROR_WANT_READ:
                 s.read_starved = true;
-                return total;
-            case SSL_ERROR_WANT_WRITE:
-                if (++retries <= kMaxWriteRetries) continue;
-                s.fail(ssl_error);
                 return total;
             case SSL_ERROR_ZERO_RETURN:
                 s.peer_closed = true;
@@ -411,10 +496,9 @@ std::size_t TlsSession::read_plaintext(std::span<std::byte> buffer) {
 
 bool TlsSession::has_pending_plaintext() const noexcept {
     const detail::SessionState& s = *impl_;
-    if (s.failed || s.peer_closed || !s.handshake_done) return false;
-    if (SSL_pending(s.ssl) > 0) return true;
-    if (s.read_starved) return false;
-    return SSL_has_pending(s.ssl) == 1 || BIO_ctrl_pending(SSL_get_rbio(s.ssl)) > 0 || s.eof_fed;
+    // Starved: OpenSSL wanted input and holds no decrypted byte.
+    if (s.read_starved || s.failed || s.peer_closed || !s.handshake_done) return false;
+    return SSL_has_pending(s.ssl) == 1 || s.input_size() > 0 || s.eof_fed;
 }
 
 // --- shutdown and stoptls ---
@@ -424,37 +508,24 @@ void TlsSession::shutdown() {
     if (s.shutdown_sent) return;
     s.shutdown_sent = true;
     if (s.failed || !s.handshake_done) return;
-    for (int retries = 0;; ++retries) {
-        detail::clear_openssl_errors();
-        const int result = SSL_shutdown(s.ssl);
-        const int ssl_error = result >= 0 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
-        s.flush_output();
-        // 0: our close_notify is out, the peer's has not come; 1: both done.
-        if (ssl_error != SSL_ERROR_WANT_WRITE || retries >= kMaxWriteRetries) break;
-    }
-    // A failed close_notify is not worth failing the session for: the
+    // 0: our close_notify is out, the peer's has not come; 1: both done. A
+    // failed close_notify is not worth failing the session for: the
     // connection is ending either way.
-    detail::clear_openssl_errors();
+    if (SSL_shutdown(s.ssl) < 0) detail::clear_openssl_errors();
 }
 
 bool TlsSession::key_update() {
     detail::SessionState& s = *impl_;
     if (!s.handshake_done || s.failed || s.shutdown_sent || SSL_version(s.ssl) != TLS1_3_VERSION) return false;
-    detail::clear_openssl_errors();
     if (SSL_key_update(s.ssl, SSL_KEY_UPDATE_REQUESTED) != 1) {
         detail::clear_openssl_errors();
         return false;
     }
     // OpenSSL sends the KeyUpdate with the next write or handshake call; send
     // it now so the update does not wait for application data.
-    for (int retries = 0;; ++retries) {
-        detail::clear_openssl_errors();
-        const int result = SSL_do_handshake(s.ssl);
-        const int ssl_error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(s.ssl, result);
-        s.flush_output();
-        if (result == 1) break;
-        if (ssl_error == SSL_ERROR_WANT_WRITE && retries < kMaxWriteRetries) continue;
-        s.fail(ssl_error);
+    const int result = SSL_do_handshake(s.ssl);
+    if (result != 1) {
+        s.fail(s.ssl_error(result));
         return false;
     }
     return true;
@@ -474,19 +545,12 @@ std::vector<std::byte> TlsSession::take_bytes_after_close() {
     detail::SessionState& s = *impl_;
     std::vector<std::byte> bytes;
     if (!s.peer_closed) return bytes;
-    // With read-ahead off (OpenSSL's default) the record layer reads exactly
-    // one record at a time, so everything after the close_notify record is
-    // still in the input ring.
-    BIO* input = SSL_get_rbio(s.ssl);
-    bytes.resize(BIO_ctrl_pending(input));
-    std::size_t got = 0;
-    while (got < bytes.size()) {
-        const int read = BIO_read(input, bytes.data() + got, clamp_int(bytes.size() - got));
-        if (read <= 0) break;
-        got += static_cast<std::size_t>(read);
-    }
-    bytes.resize(got);
-    detail::clear_openssl_errors();
+    // Without read-ahead the record layer reads exactly one record at a
+    // time, so everything after the close_notify record is still in the
+    // input buffer (or, with a transport, in the socket).
+    const std::byte* begin = s.input ? s.input.get() + s.input_begin : nullptr;
+    bytes.assign(begin, begin + s.input_size());
+    s.input_begin = s.input_end = 0;
     return bytes;
 }
 

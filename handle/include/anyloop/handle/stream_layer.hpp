@@ -8,8 +8,15 @@
 // The Handle moves the bytes: after reading from the socket it feeds the
 // layer and drains its plaintext into the read buffer; after push_write it
 // offers the plaintext and sends what the layer produced. The layer never
-// touches the socket, so it works the same on every backend. A Handle
+// watches the socket, so it works the same on every backend. A Handle
 // without a layer does none of this: the plain path is a single branch.
+//
+// A layer may instead move its bytes itself through the Handle's
+// StreamTransport (attach_transport(); TLS does): the Handle still decides
+// when it may read (only after transport_readable(), inside the Handle's
+// read event) and write (only when nothing the Handle queued must go
+// first), and keeps readiness, timeouts, errors, end of file and the write
+// queue; the layer saves the copies through its own buffers.
 //
 // A layer can end before the stream does (TLS's stoptls): once it has
 // finished both ways (input_closed() and shutdown() called) the Handle
@@ -30,6 +37,25 @@
 #include <system_error>
 
 namespace anyloop {
+
+/// A Handle's socket as its layer may use it (implemented by the Handle).
+/// Both calls come from inside the layer's own calls, on the loop thread.
+class StreamTransport {
+public:
+    virtual ~StreamTransport() = default;
+    /// Reads up to buffer.size() bytes into `buffer`; returns how many. 0
+    /// means nothing now: no data, reading not allowed at the moment, end
+    /// of file or an error — the Handle acts on the last two itself once
+    /// the layer's call has returned.
+    virtual std::size_t receive(std::span<std::byte> buffer) = 0;
+    /// Offers `bytes` for the socket; returns how many were taken. The
+    /// layer keeps the rest in pending_output() and offers nothing new
+    /// while that is not empty. A Handle takes all of them (what the socket
+    /// refused now waits in its queue, and the Handle waits for
+    /// writability) or none, when the layer may not write now (output
+    /// queued before must go first, or the socket failed).
+    virtual std::size_t send(std::span<const std::byte> bytes) = 0;
+};
 
 /// A byte-stream transformation plugged into a Handle with
 /// Handle::set_layer(). All calls come from the loop thread.
@@ -52,6 +78,18 @@ public:
     virtual void commit_input(std::size_t bytes) { (void)bytes; }
     /// The socket reached end of file.
     virtual void feed_eof() = 0;
+    /// Offers the Handle's socket (nullptr: takes it back, before the
+    /// layer is released). Returns whether the layer uses it: then the
+    /// Handle calls transport_readable() instead of reading the socket
+    /// itself, and the layer sends output through it. The default: no.
+    virtual bool attach_transport(StreamTransport* transport) {
+        (void)transport;
+        return false;
+    }
+    /// With a transport: the socket is readable, and the next
+    /// read_plaintext() calls may receive from it. `exact`: take no byte
+    /// beyond the layer's own end (bytes after it are plain: stoptls).
+    virtual void transport_readable(bool exact) { (void)exact; }
     /// Decodes into `buffer` and returns the bytes written there; a result
     /// smaller than buffer.size() means nothing more without new input.
     virtual std::size_t read_plaintext(std::span<std::byte> buffer) = 0;

@@ -28,6 +28,11 @@ public:
     std::size_t feed_input(std::span<const std::byte> bytes) override;
     [[nodiscard]] std::span<std::byte> input_space() override { return session_.ciphertext_input_space(); }
     void commit_input(std::size_t bytes) override { session_.commit_ciphertext_input(bytes); }
+    bool attach_transport(StreamTransport* transport) override {
+        session_.attach_transport(transport);
+        return true;
+    }
+    void transport_readable(bool exact) override { session_.transport_readable(exact); }
     void feed_eof() override;
     std::size_t read_plaintext(std::span<std::byte> buffer) override;
     std::size_t write_plaintext(std::span<const std::byte> bytes) override;

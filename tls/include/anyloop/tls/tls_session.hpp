@@ -1,6 +1,7 @@
-// TlsSession: one TLS connection as a pure state machine over memory.
+// TlsSession: one TLS connection as a state machine over memory.
 //
-// The session never touches a socket. Its owner moves bytes:
+// The session never touches a socket by itself. Its owner moves bytes (or
+// lends it a StreamTransport that does, see attach_transport()):
 //
 //        socket ──ciphertext──▶ feed_ciphertext() / ciphertext_input_space()
 //                                      │
@@ -31,6 +32,10 @@
 
 struct ssl_st;  // OpenSSL's SSL
 
+namespace anyloop {
+class StreamTransport;  // <anyloop/handle/stream_layer.hpp>
+}
+
 namespace anyloop::tls {
 namespace detail {
 struct SessionState;  // defined in the implementation
@@ -51,7 +56,9 @@ struct TlsSessionOptions {
 };
 
 /// A TLS client or server session (the role comes from the context) over an
-/// OpenSSL SSL object whose transport is a BIO pair held in memory.
+/// OpenSSL SSL object whose transport is a BIO of the session's own: fed
+/// ciphertext in, produced ciphertext out, both in memory, or a socket the
+/// owner attaches (attach_transport()).
 ///
 /// Errors are sticky: once failed() is true the session accepts no input,
 /// produces no plaintext, and error() / error_message() say why. Output that
@@ -97,6 +104,25 @@ public:
     /// then fails the session with "unexpected eof while reading", which is
     /// how truncation is told apart from a clean close.
     void feed_eof();
+
+    // --- a transport (the Handle's socket) ---
+
+    /// Lets the session use `transport` (nullptr: detaches) instead of the
+    /// caller moving every ciphertext byte: output goes to
+    /// transport->send() as OpenSSL produces it, and only what the
+    /// transport does not take waits in pending_ciphertext(); once the fed
+    /// input is used up, reads receive from it straight into OpenSSL's
+    /// buffer, with OpenSSL's read-ahead on (one receive takes a whole
+    /// record or more). The transport must outlive the attachment; the
+    /// session calls it only from its own calls. A Handle attaches its
+    /// socket this way (TlsLayer); the session still never sees the fd.
+    void attach_transport(StreamTransport* transport);
+    /// With a transport: it has new input, so read_plaintext() reads on
+    /// even if it had run dry. `exact` turns read-ahead off, so that no
+    /// byte after the peer's close_notify is taken from the transport (a
+    /// stoptls: those bytes are plaintext); it costs a receive more per
+    /// record.
+    void transport_readable(bool exact);
 
     // --- ciphertext out (to the socket) ---
 
