@@ -223,7 +223,7 @@ public:
             asio::error_code ignored;
             port->descriptor->cancel(ignored);
         }
-        update_now();
+        new_now();
         {
             DispatchScope scope(*this);
             dispatch_io(node, revents);
@@ -270,7 +270,7 @@ public:
             }
             posted_ran_ = true;
         }
-        update_now();
+        new_now();
         {
             DispatchScope scope(*this);
             run_posted();

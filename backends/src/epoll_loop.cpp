@@ -201,7 +201,7 @@ private:
         if (careful_ && any_always_ready_wanted()) timeout_ms = 0;  // poll(2) would return at once
         epoll_event* const events = events_.data();
         const int n = ::epoll_wait(epoll_fd_, events, event_capacity_, timeout_ms);
-        update_now();
+        new_now();
         if (n < 0) {
             wait_failed();
             return;

@@ -8,11 +8,12 @@
 // ev_run therefore sees anyloop as one watcher that is active exactly when
 // anyloop's run() would go on, and never because of the internals below.
 //
-// now() is refreshed once per iteration, before any anyloop callback runs.
-// On an owned loop every callback is ours, so the first of them in an
-// iteration (told by ev_iteration()) refreshes it: no watcher needed. On an
+// now() is renewed once per iteration, before any anyloop callback runs
+// (new_now(): the clock is read when someone first asks). On an owned loop
+// every callback is ours, so the first of them in an iteration (told by
+// ev_iteration()) renews it: no watcher needed. On an
 // adopted loop the host's callbacks may read now() or start timers, so an
-// ev_check at EV_MAXPRI refreshes it after every poll (check watchers are
+// ev_check at EV_MAXPRI renews it after every poll (check watchers are
 // queued after polling, and the highest priority runs first).
 //
 // Internals, one each per loop:
@@ -328,7 +329,7 @@ private:
     }
 
     static void on_check(struct ev_loop*, ev_check* check, int) noexcept {
-        static_cast<LibevLoop*>(check->data)->update_now();
+        static_cast<LibevLoop*>(check->data)->new_now();
     }
 
     // Owned loops: the first callback of each iteration refreshes now()
@@ -338,7 +339,7 @@ private:
         const unsigned int iteration = ev_iteration(loop_);
         if (iteration == now_iteration_) return;
         now_iteration_ = iteration;
-        update_now();
+        new_now();
     }
 
     // A failure breaks any ev_run; a plain stop() only the one run() of an

@@ -1,7 +1,7 @@
 // NativeLoop: the shared half of the backends anyloop drives itself (poll,
 // select, epoll). It owns the wake-up eventfd that post() and signal
 // handlers write to, installs signal handlers, and runs one iteration as
-//   wait(timeout) -> update_now -> I/O callbacks -> timers -> signals -> posted
+//   wait(timeout) -> new_now -> I/O callbacks -> timers -> signals -> posted
 // A subclass supplies only the readiness multiplexer.
 //
 // The iteration is the hot path of every server on these backends, so it is
@@ -56,7 +56,7 @@ private:
 ///   void wait_and_dispatch(int timeout_ms);
 ///
 /// It waits up to `timeout_ms` (-1 forever, 0 not at all), calls
-/// update_now() once the wait ends, then dispatch_io() for every ready
+/// new_now() once the wait ends, then dispatch_io() for every ready
 /// watcher and wake_fd_ready() if wake_fd() was readable. It runs inside a
 /// DispatchScope, so node pointers collected before dispatch stay valid.
 template <typename Multiplexer>

@@ -82,7 +82,7 @@ private:
 
     [[gnu::always_inline]] void wait_and_dispatch(int timeout_ms) {
         int n = ::poll(pollfds_.data(), pollfds_.size(), timeout_ms);
-        update_now();
+        new_now();
         if (n <= 0) {
             if (n < 0) wait_failed();
             return;

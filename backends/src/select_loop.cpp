@@ -98,7 +98,7 @@ private:
             timeout_ptr = &timeout;
         }
         const int n = ::select(max_fd_ + 1, &readable, &writable, nullptr, timeout_ptr);
-        update_now();
+        new_now();
         if (n <= 0) {
             if (n < 0) wait_failed();
             return;

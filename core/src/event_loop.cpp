@@ -130,7 +130,7 @@ void EventLoop::rethrow_failure() {
 }
 
 int EventLoop::ms_until_next_deadline() const noexcept {
-    const Duration left = next_deadline() - Clock::now();
+    const Duration left = next_deadline() - read_clock();
     if (left <= Duration::zero()) return 0;
     // Round up: waking a little early would only spin with zero timeouts.
     const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
@@ -361,7 +361,7 @@ void EventLoop::start_timer(detail::TimerNode* node, Duration after, Duration re
     if (node->active) heap_erase(node);
     else watcher_activated(node);
     node->repeat = repeat < Duration::zero() ? Duration::zero() : repeat;
-    node->deadline = now_ + (after < Duration::zero() ? Duration::zero() : after);
+    node->deadline = now() + (after < Duration::zero() ? Duration::zero() : after);
     node->sequence = timer_sequence_++;
     heap_push(node);
     if (next_deadline() != before) timers_changed();

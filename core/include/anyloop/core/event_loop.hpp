@@ -93,10 +93,22 @@ public:
 
     // ---- time ------------------------------------------------------------
 
-    /// The time cached at the start of this iteration.
-    [[nodiscard]] TimePoint now() const noexcept { return now_; }
+    /// The loop's time for this iteration: read from the clock the first
+    /// time it is needed after the wait (by a callback, or to check timers),
+    /// then the same until the next iteration. A loop whose callbacks never
+    /// ask and that has no timer never reads the clock.
+    [[nodiscard]] TimePoint now() const noexcept {
+        if (now_stale_) {
+            now_ = read_clock();
+            now_stale_ = false;
+        }
+        return now_;
+    }
     /// Refreshes the cached time (after a long callback, say).
-    void update_now() noexcept { now_ = read_clock(); }
+    void update_now() noexcept {
+        now_ = read_clock();
+        now_stale_ = false;
+    }
 
     // ---- keep-alive and introspection ------------------------------------
 
@@ -180,6 +192,10 @@ protected:
         EventLoop& loop_;
     };
 
+    /// A new iteration begins (its wait ended): the next now() reads the
+    /// clock. Cheaper than update_now() when nobody asks.
+    void new_now() noexcept { now_stale_ = true; }
+
     /// Whether run()'s loop goes on after this iteration: no stop() and
     /// alive(). For a backend's run_iterations() that loops by itself.
     [[nodiscard]] bool keep_running() const noexcept { return !stop_requested_ && alive(); }
@@ -199,10 +215,10 @@ protected:
     }
     /// Runs the callbacks of every active watcher of `signo` on this loop.
     void dispatch_signal(int signo) noexcept;
-    /// Fires timers due at now() in (deadline, start order); call update_now()
-    /// first if the cached time may be stale.
+    /// Fires timers due at now() in (deadline, start order); call new_now()
+    /// or update_now() first if the cached time may be old.
     void run_due_timers() noexcept {
-        if (!timer_heap_.empty() && timer_heap_.front()->deadline <= now_) fire_due_timers();
+        if (!timer_heap_.empty() && timer_heap_.front()->deadline <= now()) fire_due_timers();
     }
     /// Runs everything post()ed so far.
     void run_posted() noexcept {
@@ -305,7 +321,8 @@ private:
     void stop_signal(detail::SignalNode* node) noexcept;
     void add_alive(long delta) noexcept;
 
-    TimePoint now_;
+    mutable TimePoint now_;
+    mutable bool now_stale_ = false;  // now() reads the clock first
     bool stop_requested_ = false;
     long alive_refs_ = 0;
     std::size_t active_count_ = 0;
