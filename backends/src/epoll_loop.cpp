@@ -17,6 +17,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdint>
 #include <string>
@@ -41,15 +42,24 @@ std::uint32_t epoll_mask(Io events) noexcept {
     return mask;
 }
 
-Io to_io(std::uint32_t revents) noexcept {
-    // Hang-up and error come whatever the interest and wake every watched
-    // direction; dispatch_io masks, the next read() or write() tells which.
-    // We ask for EPOLLIN and EPOLLOUT only (EOF is EPOLLIN), so no other bit
-    // can come.
-    if (revents & (EPOLLHUP | EPOLLERR)) return Io::read_write;
-    static_assert(EPOLLIN == 1 && EPOLLOUT == 4 && std::uint8_t(Io::read) == 1 && std::uint8_t(Io::write) == 2);
-    return static_cast<Io>((revents & EPOLLIN) | ((revents & EPOLLOUT) >> 1));
-}
+// Hang-up and error come whatever the interest and wake every watched
+// direction; dispatch_io masks, the next read() or write() tells which. EOF
+// is EPOLLIN (we never ask for EPOLLRDHUP). A table over the five low bits:
+// one load instead of a branch and three operations per event.
+static_assert(EPOLLIN == 0x01 && EPOLLPRI == 0x02 && EPOLLOUT == 0x04 && EPOLLERR == 0x08 && EPOLLHUP == 0x10);
+constexpr auto io_of_bits = [] {
+    std::array<Io, 32> table{};
+    for (std::uint32_t bits = 0; bits < 32; ++bits) {
+        Io io = Io::none;
+        if (bits & (EPOLLIN | EPOLLPRI)) io = io | Io::read;
+        if (bits & EPOLLOUT) io = io | Io::write;
+        if (bits & (EPOLLHUP | EPOLLERR)) io = Io::read_write;
+        table[bits] = io;
+    }
+    return table;
+}();
+
+Io to_io(std::uint32_t revents) noexcept { return io_of_bits[revents & 0x1f]; }
 
 std::uint64_t token_of(const EpollNode* node) noexcept {
     return (std::uint64_t{node->generation} << 32) | static_cast<std::uint32_t>(node->fd);

@@ -222,9 +222,8 @@ private:
         refresh_now();
         DispatchScope scope(*this);
         reconcile(node);
-        Io ready = Io::none;
-        if (revents & EV_READ) ready = ready | Io::read;
-        if (revents & EV_WRITE) ready = ready | Io::write;
+        static_assert(EV_READ == static_cast<int>(Io::read) && EV_WRITE == static_cast<int>(Io::write));
+        Io ready = static_cast<Io>(revents & (EV_READ | EV_WRITE));
         if (revents & EV_ERROR) ready = Io::read_write;  // the next read() or write() tells what failed
         // After EV_ERROR the native watcher stays stopped: the error is
         // reported once, and again only after set_events() or a restart.

@@ -5,6 +5,7 @@
 
 #include <poll.h>
 
+#include <array>
 #include <cerrno>
 #include <system_error>
 #include <utility>
@@ -30,15 +31,24 @@ pollfd poll_entry(const detail::IoNode* node) noexcept {
     return {node->events == Io::none ? -1 : node->fd, poll_mask(node->events), 0};
 }
 
-Io to_io(short revents) noexcept {
-    // Hang-up, error and a closed fd wake every watched direction; the next
-    // read() or write() reports what happened.
-    if (revents & (POLLHUP | POLLERR | POLLNVAL)) return Io::read_write;
-    Io io = Io::none;
-    if (revents & (POLLIN | POLLPRI)) io = io | Io::read;
-    if (revents & POLLOUT) io = io | Io::write;
-    return io;
-}
+// Hang-up, error and a closed fd wake every watched direction; the next
+// read() or write() reports what happened. A table over the six low bits
+// (the only ones poll() reports for POLLIN | POLLOUT) saves the branches.
+static_assert(POLLIN == 0x01 && POLLPRI == 0x02 && POLLOUT == 0x04 && POLLERR == 0x08 && POLLHUP == 0x10 &&
+              POLLNVAL == 0x20);
+constexpr auto io_of_bits = [] {
+    std::array<Io, 64> table{};
+    for (unsigned bits = 0; bits < 64; ++bits) {
+        Io io = Io::none;
+        if (bits & (POLLIN | POLLPRI)) io = io | Io::read;
+        if (bits & POLLOUT) io = io | Io::write;
+        if (bits & (POLLHUP | POLLERR | POLLNVAL)) io = Io::read_write;
+        table[bits] = io;
+    }
+    return table;
+}();
+
+Io to_io(short revents) noexcept { return io_of_bits[static_cast<unsigned>(revents) & 0x3f]; }
 
 class PollLoop final : public backends::NativeLoopFor<PollLoop> {
 public:
