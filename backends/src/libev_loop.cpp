@@ -221,10 +221,13 @@ private:
     void io_ready(LibevIoNode* node, int revents) noexcept {
         refresh_now();
         DispatchScope scope(*this);
-        reconcile(node);
         static_assert(EV_READ == static_cast<int>(Io::read) && EV_WRITE == static_cast<int>(Io::write));
         Io ready = static_cast<Io>(revents & (EV_READ | EV_WRITE));
-        if (revents & EV_ERROR) ready = Io::read_write;  // the next read() or write() tells what failed
+        if (revents & EV_ERROR) {
+            // libev stops a watcher only together with feeding it EV_ERROR.
+            reconcile(node);
+            ready = Io::read_write;  // the next read() or write() tells what failed
+        }
         // After EV_ERROR the native watcher stays stopped: the error is
         // reported once, and again only after set_events() or a restart.
         dispatch_io(node, ready);
