@@ -254,17 +254,16 @@ protected:
 
 private:
     friend class IoWatcher;
+    friend class TimerWatcher;
+    friend class SignalWatcher;
 
-    // Clock::now() inlined: libstdc++'s steady_clock is CLOCK_MONOTONIC, read
-    // through an out-of-line call that doubles the cost of the read.
+    // Clock::now() without libstdc++'s out-of-line wrapper around the same
+    // call: steady_clock is CLOCK_MONOTONIC on the platforms we build on.
     static TimePoint read_clock() noexcept {
         timespec now{};
         ::clock_gettime(CLOCK_MONOTONIC, &now);
         return TimePoint(std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec));
     }
-
-    friend class TimerWatcher;
-    friend class SignalWatcher;
 
     // Runs a node's callback in place. Nothing the callback does destroys
     // or overwrites the closure that is running: a released node waits in
