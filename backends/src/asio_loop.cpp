@@ -15,7 +15,10 @@
 //    re-armed ready fd is always ready. Inside our own iterate() every re-arm
 //    (I/O, the timer, signals, the post() wake-up) is therefore deferred to
 //    the end of the iteration, which is what bounds one run_once(). When the
-//    host drives the io_context, re-arms happen at once, as Asio code does.
+//    host drives the io_context, re-arms happen at once, as Asio code does,
+//    and so they do in an owned loop's run(): that is one io_context::run(),
+//    stopped by stop(), a failure, or alive() turning false (an iteration is
+//    then one handler, and each wait costs one epoll_wait instead of two).
 
 #include <anyloop/backends/asio.hpp>
 
@@ -220,7 +223,7 @@ public:
             asio::error_code ignored;
             port->descriptor->cancel(ignored);
         }
-        update_now();
+        new_now();
         {
             DispatchScope scope(*this);
             dispatch_io(node, revents);
@@ -267,9 +270,14 @@ public:
             }
             posted_ran_ = true;
         }
-        update_now();
-        DispatchScope scope(*this);
-        run_posted();
+        new_now();
+        {
+            DispatchScope scope(*this);
+            run_posted();
+        }
+        // Queued posts keep the loop alive without a count: the last of them
+        // may have been what kept run() going.
+        if (in_run_ && !alive()) ctx_.stop();
     }
 
 private:
@@ -453,15 +461,40 @@ private:
         // Outstanding waits keep an io_context running by themselves; this
         // covers the rest of what keeps anyloop alive (ref(), a watcher with
         // no events), so that run_one() blocks and a host's run() goes on.
-        if (alive)
+        if (alive) {
             keepalive_.emplace(ctx_.get_executor());
-        else
+        } else {
             keepalive_.reset();
+            // Waits of watchers that do not keep the loop alive would keep
+            // run_iterations()' io_context::run() going.
+            if (in_run_ && !has_posted()) ctx_.stop();
+        }
     }
 
     void break_iteration() noexcept override {
-        // Ends our own iterate(); a host's run() is never stopped by us.
+        // Ends our own iterate() or run_iterations(); a host's run() is never
+        // stopped by us.
         break_requested_ = true;
+        if (in_run_) ctx_.stop();
+    }
+
+    // An owned loop's run() is one io_context::run(), with every re-arm at
+    // once: Asio's own loop then waits once per readiness (iterate() needs
+    // a second, non-blocking wait to find the end of an iteration).
+    void run_iterations() override {
+        if (!owned_) {
+            iterate(true);
+            return;
+        }
+        if (ctx_.stopped()) ctx_.restart();
+        in_run_ = true;
+        try {
+            ctx_.run();
+        } catch (...) {
+            in_run_ = false;
+            throw;
+        }
+        in_run_ = false;
     }
 
     void iterate(bool block) override {
@@ -531,6 +564,7 @@ private:
     std::optional<asio::executor_work_guard<asio::io_context::executor_type>> keepalive_;
 
     bool in_iterate_ = false;
+    bool in_run_ = false;  // run_iterations()' io_context::run() is on the stack
     bool break_requested_ = false;
     bool posted_ran_ = false;
     std::uint64_t stale_ = 0;  // handlers that found their wait cancelled or outdated

@@ -8,11 +8,12 @@
 // ev_run therefore sees anyloop as one watcher that is active exactly when
 // anyloop's run() would go on, and never because of the internals below.
 //
-// now() is refreshed once per iteration, before any anyloop callback runs.
-// On an owned loop every callback is ours, so the first of them in an
-// iteration (told by ev_iteration()) refreshes it: no watcher needed. On an
+// now() is renewed once per iteration, before any anyloop callback runs
+// (new_now(): the clock is read when someone first asks). On an owned loop
+// every callback is ours, so the first of them in an iteration (told by
+// ev_iteration()) renews it: no watcher needed. On an
 // adopted loop the host's callbacks may read now() or start timers, so an
-// ev_check at EV_MAXPRI refreshes it after every poll (check watchers are
+// ev_check at EV_MAXPRI renews it after every poll (check watchers are
 // queued after polling, and the highest priority runs first).
 //
 // Internals, one each per loop:
@@ -220,11 +221,13 @@ private:
     void io_ready(LibevIoNode* node, int revents) noexcept {
         refresh_now();
         DispatchScope scope(*this);
-        reconcile(node);
-        Io ready = Io::none;
-        if (revents & EV_READ) ready = ready | Io::read;
-        if (revents & EV_WRITE) ready = ready | Io::write;
-        if (revents & EV_ERROR) ready = Io::read_write;  // the next read() or write() tells what failed
+        static_assert(EV_READ == static_cast<int>(Io::read) && EV_WRITE == static_cast<int>(Io::write));
+        Io ready = static_cast<Io>(revents & (EV_READ | EV_WRITE));
+        if (revents & EV_ERROR) {
+            // libev stops a watcher only together with feeding it EV_ERROR.
+            reconcile(node);
+            ready = Io::read_write;  // the next read() or write() tells what failed
+        }
         // After EV_ERROR the native watcher stays stopped: the error is
         // reported once, and again only after set_events() or a restart.
         dispatch_io(node, ready);
@@ -328,7 +331,7 @@ private:
     }
 
     static void on_check(struct ev_loop*, ev_check* check, int) noexcept {
-        static_cast<LibevLoop*>(check->data)->update_now();
+        static_cast<LibevLoop*>(check->data)->new_now();
     }
 
     // Owned loops: the first callback of each iteration refreshes now()
@@ -338,7 +341,7 @@ private:
         const unsigned int iteration = ev_iteration(loop_);
         if (iteration == now_iteration_) return;
         now_iteration_ = iteration;
-        update_now();
+        new_now();
     }
 
     // A failure breaks any ev_run; a plain stop() only the one run() of an

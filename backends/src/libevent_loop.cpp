@@ -137,7 +137,7 @@ private:
     static void on_io(evutil_socket_t, short what, void* arg) noexcept {
         auto* node = static_cast<LibeventNode*>(arg);
         LibeventLoop& loop = *node->owner;
-        loop.update_now();
+        loop.new_now();
         DispatchScope scope(loop);
         Io revents = Io::none;
         if ((what & EV_READ) != 0) revents = revents | Io::read;

@@ -50,18 +50,12 @@ void NativeLoop::wake_fd_ready() noexcept {
     woken_ = true;
 }
 
-void NativeLoop::iterate(bool block) {
-    DispatchScope scope(*this);
-    wait_and_dispatch(wait_timeout_ms(block));
-    run_due_timers();
-    if (woken_) {
-        woken_ = false;
-        for (std::size_t i = 0; i < installed_signals_.size(); ++i) {
-            const int signo = installed_signals_[i];
-            if (signal_pending[signo].exchange(false, std::memory_order_acq_rel)) dispatch_signal(signo);
-        }
+void NativeLoop::dispatch_pending_signals() noexcept {
+    woken_ = false;
+    for (std::size_t i = 0; i < installed_signals_.size(); ++i) {
+        const int signo = installed_signals_[i];
+        if (signal_pending[signo].exchange(false, std::memory_order_acq_rel)) dispatch_signal(signo);
     }
-    run_posted();
 }
 
 void NativeLoop::signal_install(int signo) {

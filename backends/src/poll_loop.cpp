@@ -5,6 +5,7 @@
 
 #include <poll.h>
 
+#include <array>
 #include <cerrno>
 #include <system_error>
 #include <utility>
@@ -30,7 +31,26 @@ pollfd poll_entry(const detail::IoNode* node) noexcept {
     return {node->events == Io::none ? -1 : node->fd, poll_mask(node->events), 0};
 }
 
-class PollLoop final : public backends::NativeLoop {
+// Hang-up, error and a closed fd wake every watched direction; the next
+// read() or write() reports what happened. A table over the six low bits
+// (the only ones poll() reports for POLLIN | POLLOUT) saves the branches.
+static_assert(POLLIN == 0x01 && POLLPRI == 0x02 && POLLOUT == 0x04 && POLLERR == 0x08 && POLLHUP == 0x10 &&
+              POLLNVAL == 0x20);
+constexpr auto io_of_bits = [] {
+    std::array<Io, 64> table{};
+    for (unsigned bits = 0; bits < 64; ++bits) {
+        Io io = Io::none;
+        if (bits & (POLLIN | POLLPRI)) io = io | Io::read;
+        if (bits & POLLOUT) io = io | Io::write;
+        if (bits & (POLLHUP | POLLERR | POLLNVAL)) io = Io::read_write;
+        table[bits] = io;
+    }
+    return table;
+}();
+
+Io to_io(short revents) noexcept { return io_of_bits[static_cast<unsigned>(revents) & 0x3f]; }
+
+class PollLoop final : public backends::NativeLoopFor<PollLoop> {
 public:
     PollLoop() {
         pollfds_.push_back({wake_fd(), POLLIN, 0});
@@ -41,6 +61,8 @@ public:
     std::string_view backend() const noexcept override { return "poll"; }
 
 private:
+    friend class backends::NativeLoopFor<PollLoop>;
+
     detail::IoNode* io_create() override { return new PollNode; }
 
     void io_start(detail::IoNode* node) override {
@@ -68,28 +90,39 @@ private:
         nodes_.pop_back();
     }
 
-    void wait_and_dispatch(int timeout_ms) override {
-        const int n = ::poll(pollfds_.data(), pollfds_.size(), timeout_ms);
-        update_now();
-        if (n < 0) {
-            if (errno == EINTR) return;
-            throw std::system_error(errno, std::generic_category(), "poll");
+    [[gnu::always_inline]] void wait_and_dispatch(int timeout_ms) {
+        int n = ::poll(pollfds_.data(), pollfds_.size(), timeout_ms);
+        new_now();
+        if (n <= 0) {
+            if (n < 0) wait_failed();
+            return;
         }
-        if (n == 0) return;
+        const pollfd* const fds = pollfds_.data();
+        if (fds[0].revents != 0) {
+            wake_fd_ready();
+            if (--n == 0) return;
+        }
+        if (n == 1) {
+            // One ready watcher, the common case: no callback runs before
+            // it, so it is dispatched straight from its slot.
+            std::size_t slot = 1;
+            while (fds[slot].revents == 0) ++slot;
+            dispatch_io(nodes_[slot], to_io(fds[slot].revents));
+            return;
+        }
+        // Several: collected first, since a callback that stops a watcher
+        // moves another one into its slot.
         ready_.clear();
-        if (pollfds_[0].revents != 0) wake_fd_ready();
-        for (std::size_t i = 1; i < pollfds_.size(); ++i) {
-            const short revents = pollfds_[i].revents;
-            if (revents == 0) continue;
-            Io io = Io::none;
-            if (revents & (POLLIN | POLLPRI)) io = io | Io::read;
-            if (revents & POLLOUT) io = io | Io::write;
-            // Hang-up, error and a closed fd wake every watched direction;
-            // the next read() or write() reports what happened.
-            if (revents & (POLLHUP | POLLERR | POLLNVAL)) io = Io::read_write;
-            ready_.emplace_back(nodes_[i], io);
+        for (std::size_t slot = 1; n > 0; ++slot) {
+            if (fds[slot].revents == 0) continue;
+            ready_.emplace_back(nodes_[slot], to_io(fds[slot].revents));
+            --n;
         }
         for (auto& [node, io] : ready_) dispatch_io(node, io);
+    }
+
+    [[gnu::noinline]] static void wait_failed() {
+        if (errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
     }
 
     std::vector<pollfd> pollfds_;

@@ -9,7 +9,9 @@
 #include <fcntl.h>
 #include <sys/select.h>
 
+#include <bit>
 #include <cerrno>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -19,12 +21,25 @@
 namespace anyloop {
 namespace {
 
+// An fd_set is a bit array of machine words, fd i at bit i % 64 of word
+// i / 64 (the layout select(2) shares with the kernel); scanning it a word at
+// a time skips 64 idle fds per step.
+using Word = unsigned long;
+constexpr int word_bits = 8 * sizeof(Word);
+static_assert(sizeof(fd_set) * 8 == FD_SETSIZE && FD_SETSIZE % word_bits == 0);
+
+Word word(const fd_set& set, int index) noexcept {
+    Word value;
+    std::memcpy(&value, reinterpret_cast<const char*>(&set) + static_cast<std::size_t>(index) * sizeof value, sizeof value);
+    return value;
+}
+
 std::string too_high(const char* what, int fd) {
     return std::string("select backend: ") + what + std::to_string(fd) + " is not below FD_SETSIZE (" +
            std::to_string(FD_SETSIZE) + "); use the poll or epoll backend";
 }
 
-class SelectLoop final : public backends::NativeLoop {
+class SelectLoop final : public backends::NativeLoopFor<SelectLoop> {
 public:
     SelectLoop() {
         if (wake_fd() >= FD_SETSIZE) throw std::runtime_error(too_high("the loop's wake-up fd ", wake_fd()));
@@ -38,6 +53,8 @@ public:
     std::string_view backend() const noexcept override { return "select"; }
 
 private:
+    friend class backends::NativeLoopFor<SelectLoop>;
+
     detail::IoNode* io_create() override { return new detail::IoNode; }
 
     void io_start(detail::IoNode* node) override {
@@ -65,9 +82,14 @@ private:
             FD_CLR(fd, &write_interest_);
     }
 
-    void wait_and_dispatch(int timeout_ms) override {
-        fd_set readable = read_interest_;
-        fd_set writable = write_interest_;
+    [[gnu::always_inline]] void wait_and_dispatch(int timeout_ms) {
+        // select() reads and writes only the words that hold fds below its
+        // first argument, so only those are copied and scanned.
+        const int words = max_fd_ / word_bits + 1;
+        fd_set readable;
+        fd_set writable;
+        std::memcpy(&readable, &read_interest_, static_cast<std::size_t>(words) * sizeof(Word));
+        std::memcpy(&writable, &write_interest_, static_cast<std::size_t>(words) * sizeof(Word));
         timeval timeout{};
         timeval* timeout_ptr = nullptr;
         if (timeout_ms >= 0) {
@@ -75,37 +97,42 @@ private:
             timeout.tv_usec = (timeout_ms % 1000) * 1000;
             timeout_ptr = &timeout;
         }
-        int n = ::select(max_fd_ + 1, &readable, &writable, nullptr, timeout_ptr);
-        update_now();
-        if (n < 0) {
-            if (errno == EINTR) return;
-            if (errno == EBADF) {
-                report_closed_fds();
-                return;
-            }
-            throw std::system_error(errno, std::generic_category(), "select");
+        const int n = ::select(max_fd_ + 1, &readable, &writable, nullptr, timeout_ptr);
+        new_now();
+        if (n <= 0) {
+            if (n < 0) wait_failed();
+            return;
         }
-        ready_.clear();
         // Collected first, then dispatched: dispatch_io skips watchers stopped
         // by an earlier callback, and released nodes live until the end of the
         // DispatchScope.
-        for (int fd = 0; fd <= max_fd_ && n > 0; ++fd) {
-            Io io = Io::none;
-            if (FD_ISSET(fd, &readable)) {
-                io = io | Io::read;
-                --n;
-            }
-            if (FD_ISSET(fd, &writable)) {
-                io = io | Io::write;
-                --n;
-            }
-            if (io == Io::none) continue;
-            if (fd == wake_fd())
-                wake_fd_ready();
-            else
+        ready_.clear();
+        for (int index = 0; index < words; ++index) {
+            const Word can_read = word(readable, index);
+            const Word can_write = word(writable, index);
+            for (Word ready = can_read | can_write; ready != 0; ready &= ready - 1) {
+                const int bit = std::countr_zero(ready);
+                const int fd = index * word_bits + bit;
+                if (fd == wake_fd()) {
+                    wake_fd_ready();
+                    continue;
+                }
+                Io io = Io::none;
+                if ((can_read >> bit) & 1U) io = io | Io::read;
+                if ((can_write >> bit) & 1U) io = io | Io::write;
                 ready_.emplace_back(watcher_of(fd), io);
+            }
         }
         for (auto& [node, io] : ready_) dispatch_io(node, io);
+    }
+
+    [[gnu::noinline]] void wait_failed() {
+        if (errno == EINTR) return;
+        if (errno == EBADF) {
+            report_closed_fds();
+            return;
+        }
+        throw std::system_error(errno, std::generic_category(), "select");
     }
 
     // select() fails as a whole with EBADF when any watched fd was closed.

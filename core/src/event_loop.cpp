@@ -85,8 +85,6 @@ void EventLoop::shutdown_watchers() noexcept {
 
 // ---- running ----------------------------------------------------------------
 
-bool EventLoop::alive() const noexcept { return alive_refs_ > 0 || has_posted(); }
-
 namespace {
 void check_not_nested(int dispatch_depth, const char* what) {
     if (dispatch_depth > 0)
@@ -131,11 +129,8 @@ void EventLoop::rethrow_failure() {
     }
 }
 
-int EventLoop::wait_timeout_ms(bool block) const noexcept {
-    if (!block || has_posted()) return 0;
-    const TimePoint deadline = next_deadline();
-    if (deadline == TimePoint::max()) return -1;
-    const Duration left = deadline - Clock::now();
+int EventLoop::ms_until_next_deadline() const noexcept {
+    const Duration left = next_deadline() - read_clock();
     if (left <= Duration::zero()) return 0;
     // Round up: waking a little early would only spin with zero timeouts.
     const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
@@ -158,8 +153,7 @@ void EventLoop::post(std::function<void()> fn) {
     if (first) wake();
 }
 
-void EventLoop::run_posted() noexcept {
-    if (!posted_pending_.load(std::memory_order_acquire)) return;  // the common case: no lock
+void EventLoop::run_posted_batch() noexcept {
     std::vector<std::function<void()>> batch;
     {
         std::lock_guard lock(posted_mutex_);
@@ -367,7 +361,7 @@ void EventLoop::start_timer(detail::TimerNode* node, Duration after, Duration re
     if (node->active) heap_erase(node);
     else watcher_activated(node);
     node->repeat = repeat < Duration::zero() ? Duration::zero() : repeat;
-    node->deadline = now_ + (after < Duration::zero() ? Duration::zero() : after);
+    node->deadline = now() + (after < Duration::zero() ? Duration::zero() : after);
     node->sequence = timer_sequence_++;
     heap_push(node);
     if (next_deadline() != before) timers_changed();
@@ -381,8 +375,7 @@ void EventLoop::stop_timer(detail::TimerNode* node) noexcept {
     if (was_first) timers_changed();
 }
 
-void EventLoop::run_due_timers() noexcept {
-    if (timer_heap_.empty() || timer_heap_.front()->deadline > now_) return;
+void EventLoop::fire_due_timers() noexcept {
     DispatchScope scope(*this);
     // Timers (re)started by the callbacks below get later sequence numbers
     // and wait for the next iteration, so a zero-delay timer cannot spin here.

@@ -4,6 +4,8 @@
 
 #include "support/test_support.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <memory>
 #include <numeric>
@@ -272,6 +274,34 @@ TEST_P(TimerContract, NowIsCachedAndMonotonic) {
     EXPECT_GE(seen.back() - ticker_start, 19ms);
     EXPECT_LT(Clock::now() - loop->now(), 1s);
     EXPECT_LT(elapsed_ms(start), 2000.0);
+    expect_loop_empty();
+}
+
+TEST_P(TimerContract, NowIsTheTimeAfterTheWait) {
+    // The clock is read lazily (the first now() after the wait), but never
+    // earlier than the end of the wait that led to the callback, and every
+    // callback of the iteration sees the same value.
+    SocketPair pair;
+    TimePoint first{};
+    TimePoint second{};
+    IoWatcher io = loop->io(pair.a, Io::read, [&](Io) {
+        first = loop->now();
+        std::this_thread::sleep_for(2ms);
+        second = loop->now();
+        char byte = 0;
+        ASSERT_EQ(::read(pair.a, &byte, 1), 1);
+    });
+    const TimePoint before = Clock::now();
+    std::thread writer([&pair] {
+        std::this_thread::sleep_for(30ms);
+        ASSERT_EQ(::write(pair.b, "x", 1), 1);
+    });
+    ASSERT_TRUE(run_until(*loop, [&] { return first != TimePoint{}; }));
+    writer.join();
+    EXPECT_GE(first - before, 25ms) << "now() was not renewed after the wait";
+    EXPECT_EQ(first, second) << "now() changed inside one callback";
+    EXPECT_LE(first, Clock::now());
+    io.stop();
     expect_loop_empty();
 }
 

@@ -22,6 +22,8 @@
 #include <anyloop/core/clock.hpp>
 #include <anyloop/core/watchers.hpp>
 
+#include <time.h>
+
 #include <atomic>
 #include <cstddef>
 #include <exception>
@@ -91,10 +93,22 @@ public:
 
     // ---- time ------------------------------------------------------------
 
-    /// The time cached at the start of this iteration.
-    [[nodiscard]] TimePoint now() const noexcept { return now_; }
+    /// The loop's time for this iteration: read from the clock the first
+    /// time it is needed after the wait (by a callback, or to check timers),
+    /// then the same until the next iteration. A loop whose callbacks never
+    /// ask and that has no timer never reads the clock.
+    [[nodiscard]] TimePoint now() const noexcept {
+        if (now_stale_) {
+            now_ = read_clock();
+            now_stale_ = false;
+        }
+        return now_;
+    }
     /// Refreshes the cached time (after a long callback, say).
-    void update_now() noexcept { now_ = Clock::now(); }
+    void update_now() noexcept {
+        now_ = read_clock();
+        now_stale_ = false;
+    }
 
     // ---- keep-alive and introspection ------------------------------------
 
@@ -104,7 +118,7 @@ public:
     /// Active watchers, counted whether or not they keep the loop alive.
     [[nodiscard]] std::size_t active_watchers() const noexcept { return active_count_; }
     /// Whether run() would go on: keep-alive watchers, ref()s or posted work.
-    [[nodiscard]] bool alive() const noexcept;
+    [[nodiscard]] bool alive() const noexcept { return alive_refs_ > 0 || has_posted(); }
 
     // ---- objects that own themselves -------------------------------------
 
@@ -178,6 +192,21 @@ protected:
         EventLoop& loop_;
     };
 
+    /// A new iteration begins (its wait ended): the next now() reads the
+    /// clock. Cheaper than update_now() when nobody asks.
+    void new_now() noexcept { now_stale_ = true; }
+
+    /// Whether run()'s loop goes on after this iteration: no stop() and
+    /// alive(). For a backend's run_iterations() that loops by itself.
+    [[nodiscard]] bool keep_running() const noexcept { return !stop_requested_ && alive(); }
+
+    /// Frees the nodes released so far. For a backend whose DispatchScope
+    /// spans several iterations, between two of them (when no pointer into
+    /// a ready list is left).
+    void free_released_nodes() noexcept {
+        if (graveyard_ != nullptr) free_released();
+    }
+
     /// Runs an I/O callback if the node is still active and wants any of
     /// `revents`. Call inside a DispatchScope.
     void dispatch_io(detail::IoNode* node, Io revents) noexcept {
@@ -186,18 +215,25 @@ protected:
     }
     /// Runs the callbacks of every active watcher of `signo` on this loop.
     void dispatch_signal(int signo) noexcept;
-    /// Fires timers due at now() in (deadline, start order); call update_now()
-    /// first if the cached time may be stale.
-    void run_due_timers() noexcept;
+    /// Fires timers due at now() in (deadline, start order); call new_now()
+    /// or update_now() first if the cached time may be old.
+    void run_due_timers() noexcept {
+        if (!timer_heap_.empty() && timer_heap_.front()->deadline <= now()) fire_due_timers();
+    }
     /// Runs everything post()ed so far.
-    void run_posted() noexcept;
+    void run_posted() noexcept {
+        if (has_posted()) run_posted_batch();  // the common case: no lock
+    }
     /// Earliest timer deadline, or TimePoint::max() when there is none.
     [[nodiscard]] TimePoint next_deadline() const noexcept {
         return timer_heap_.empty() ? TimePoint::max() : timer_heap_.front()->deadline;
     }
     /// Milliseconds to wait for an iteration (-1 = forever, 0 = poll), for
     /// backends built on poll-like calls.
-    [[nodiscard]] int wait_timeout_ms(bool block) const noexcept;
+    [[nodiscard]] int wait_timeout_ms(bool block) const noexcept {
+        if (!block || has_posted()) return 0;
+        return timer_heap_.empty() ? -1 : ms_until_next_deadline();
+    }
     /// Whether posted work is queued.
     [[nodiscard]] bool has_posted() const noexcept { return posted_pending_.load(std::memory_order_acquire); }
     /// Whether a callback has failed and the iteration should end soon.
@@ -221,15 +257,25 @@ private:
     friend class TimerWatcher;
     friend class SignalWatcher;
 
+    // Clock::now() without libstdc++'s out-of-line wrapper around the same
+    // call: steady_clock is CLOCK_MONOTONIC on the platforms we build on.
+    static TimePoint read_clock() noexcept {
+        timespec now{};
+        ::clock_gettime(CLOCK_MONOTONIC, &now);
+        return TimePoint(std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec));
+    }
+
     // Runs a node's callback in place. Nothing the callback does destroys
     // or overwrites the closure that is running: a released node waits in
     // the graveyard until the outermost dispatch ends, and a callback
     // replaced while running (set_callback) is parked and installed when the
-    // call returns.
+    // call returns. Every caller (dispatch_io, fire_due_timers,
+    // dispatch_signal) runs inside a DispatchScope, which keeps the node and
+    // counts the depth, so this is the cheapest possible wrapper around the
+    // call.
     template <typename Node, typename... Args>
     void guarded(Node* node, Args... args) noexcept {
         if (!node->callback) return;
-        ++dispatch_depth_;
         const bool outer = node->running;  // only a host's nested dispatch makes it true
         node->running = true;
         try {
@@ -239,8 +285,10 @@ private:
         }
         node->running = outer;
         if (parked_ != nullptr) install_parked();
-        if (--dispatch_depth_ == 0 && graveyard_ != nullptr) free_released();
     }
+    void fire_due_timers() noexcept;
+    void run_posted_batch() noexcept;
+    [[nodiscard]] int ms_until_next_deadline() const noexcept;
     // set_callback(): stores `callback` in node->callback, or parks it while
     // the old one is running.
     template <typename Node, typename Callback>
@@ -272,7 +320,8 @@ private:
     void stop_signal(detail::SignalNode* node) noexcept;
     void add_alive(long delta) noexcept;
 
-    TimePoint now_;
+    mutable TimePoint now_;
+    mutable bool now_stale_ = false;  // now() reads the clock first
     bool stop_requested_ = false;
     long alive_refs_ = 0;
     std::size_t active_count_ = 0;
