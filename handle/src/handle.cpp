@@ -48,6 +48,7 @@ HandleImpl::HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptio
         socklen_t length = sizeof type;
         if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0 && errno == ENOTSOCK) is_socket_ = false;
     }
+    flags_.not_socket = !is_socket_;
     if (is_socket_) {
         // TCP_NODELAY fails harmlessly on a unix socket.
         if (options_.no_delay) apply_socket_option(IPPROTO_TCP, TCP_NODELAY, true);

@@ -73,7 +73,8 @@ struct HandleFlags {
     bool stoptls_requested = false;
     bool starttls_due = false;        // run on_starttls(true)
     bool stoptls_due = false;         // run on_stoptls
-    bool unused[2] = {};
+    bool not_socket = false;          // a pipe or tty (!is_socket_): no send(), no quick path
+    bool unused = false;
     /// Whether none is set: two loads instead of fourteen.
     [[nodiscard]] bool quiet() const noexcept {
         std::uint64_t words[2];
@@ -214,7 +215,7 @@ public:
     /// everything: no on_drain to run, and the interest (and the timeouts'
     /// view of it) is what update_interest() would leave.
     bool settle_quick() {
-        if (!flags_.quiet() || layer_ || !is_socket_ || !queue_.flat_only()) return false;
+        if (!flags_.quiet() || layer_ || !queue_.flat_only()) return false;
         if (!queue_.empty()) {
             entered([&] { send_flat(); });
             // At depth 0 no callback runs: fn is what ready() would test.
@@ -222,9 +223,11 @@ public:
             if (!flags_.quiet()) return false;  // blocked, failed, or on_drain due
         }
         // Quiet, so the queue is empty and reading is wanted as long as
-        // something takes the input.
+        // something takes the input. Open, io_events_ is the interest
+        // read_wanted_ and write_wanted_ describe (update_interest() sets
+        // them together).
         const bool want_read = static_cast<bool>(on_read_.fn) || !readers_.empty();
-        return want_read == read_wanted_ && !write_wanted_ && io_events_ == (want_read ? Io::read : Io::none);
+        return io_events_ == (want_read ? Io::read : Io::none);
     }
 
     // ---- reading (handle_read.cpp) -------------------------------------------
@@ -236,7 +239,7 @@ public:
     /// trims).
     [[nodiscard]] bool quick_read_ok() const noexcept {
         // At depth 0 no callback runs, so on_read_.fn is what ready() would test.
-        return depth_ == 0 && flags_.quiet() && !layer_ && is_socket_ && static_cast<bool>(on_read_.fn) &&
+        return depth_ == 0 && flags_.quiet() && !layer_ && static_cast<bool>(on_read_.fn) &&
                readers_.empty() && rbuf_.empty() && rbuf_.capacity() == 0 && queue_.empty();
     }
     bool take_input(bool dispatch);

@@ -233,8 +233,17 @@ void HandleImpl::send_flat() {
         n = 0;
     }
     const auto written = static_cast<std::size_t>(n);
-    if (written < bytes.size()) flags_.write_blocked = true;
     queue_.consume_flat(written);
+    if (written == bytes.size() && !flags_.hwm_paused && !flags_.shutdown_requested) {
+        // after_write() when a plain socket took all (never nothing: the
+        // queue was not empty) and the Handle is neither paused nor
+        // shutting down: nothing is queued now, which is at or below any
+        // low-water mark.
+        stamp_write();
+        flags_.drain_due = true;
+        return;
+    }
+    if (written < bytes.size()) flags_.write_blocked = true;
     after_write(written);
 }
 

@@ -22,9 +22,7 @@ Connection::Connection(ServerCore& core, std::uint64_t serial)
 
 Connection::~Connection() = default;
 
-void Connection::touch() noexcept {
-    if (idle_timed_) last_activity_ = core_.loop().now();
-}
+void Connection::stamp_activity() noexcept { last_activity_ = core_.loop().now(); }
 
 void Connection::set_remote(const sockaddr_storage& address, socklen_t length) {
     remote_ = address;

@@ -213,7 +213,10 @@ private:
     void on_drain();
     void on_idle_timer();
     void arm_timer(Duration after);
-    void touch() noexcept;
+    void touch() noexcept {
+        if (idle_timed_) stamp_activity();
+    }
+    void stamp_activity() noexcept;
     void finish(bool report);
 
     detail::ServerCore& core_;
