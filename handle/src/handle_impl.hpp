@@ -56,33 +56,35 @@ struct CallbackSlot {
     }
 };
 
-/// The states a Handle is rarely in, side by side so that one test tells
-/// whether it is in none of them (quiet()): the echo path's condition.
+/// The states a Handle is rarely in, one bit each in one 16-bit word, so
+/// that one test tells whether it is in none of them (quiet()): the echo
+/// path's condition. Exactly 16 one-bit fields: no padding bit whose value
+/// quiet() could see.
 struct HandleFlags {
-    bool orphaned = false;            // the Handle object is gone
-    bool dead = false;                // closed: fatal error or close()
-    bool eof = false;                 // end of file read
-    bool user_paused = false;         // stop_read()
-    bool hwm_paused = false;          // high-water mark reached
-    bool write_blocked = false;       // the last write hit EAGAIN; wait for writability
-    bool shutdown_requested = false;  // push_shutdown()
-    bool write_shut = false;          // shutdown(SHUT_WR) done
-    bool input_pending = false;       // readers may progress: dispatch in settle()
-    bool drain_due = false;           // run on_drain in settle()
-    bool layer_shutdown = false;      // layer_->shutdown() was called
-    bool stoptls_requested = false;
-    bool starttls_due = false;        // run on_starttls(true)
-    bool stoptls_due = false;         // run on_stoptls
-    bool not_socket = false;          // a pipe or tty (!is_socket_): no send(), no quick path
-    bool unused = false;
-    /// Whether none is set: two loads instead of fourteen.
+    bool orphaned : 1 = false;            // the Handle object is gone
+    bool dead : 1 = false;                // closed: fatal error or close()
+    bool eof : 1 = false;                 // end of file read
+    bool user_paused : 1 = false;         // stop_read()
+    bool hwm_paused : 1 = false;          // high-water mark reached
+    bool write_blocked : 1 = false;       // the last write hit EAGAIN; wait for writability
+    bool shutdown_requested : 1 = false;  // push_shutdown()
+    bool write_shut : 1 = false;          // shutdown(SHUT_WR) done
+    bool input_pending : 1 = false;       // readers may progress: dispatch in settle()
+    bool drain_due : 1 = false;           // run on_drain in settle()
+    bool layer_shutdown : 1 = false;      // layer_->shutdown() was called
+    bool stoptls_requested : 1 = false;
+    bool starttls_due : 1 = false;        // run on_starttls(true)
+    bool stoptls_due : 1 = false;         // run on_stoptls
+    bool not_socket : 1 = false;          // a pipe or tty (!is_socket_): no send(), no quick path
+    bool unused : 1 = false;
+    /// Whether none is set.
     [[nodiscard]] bool quiet() const noexcept {
-        std::uint64_t words[2];
-        std::memcpy(words, this, sizeof words);
-        return (words[0] | words[1]) == 0;
+        std::uint16_t word;
+        std::memcpy(&word, this, sizeof word);
+        return word == 0;
     }
 };
-static_assert(sizeof(HandleFlags) == 2 * sizeof(std::uint64_t) && std::is_trivially_copyable_v<HandleFlags>);
+static_assert(sizeof(HandleFlags) == sizeof(std::uint16_t) && std::is_trivially_copyable_v<HandleFlags>);
 
 class HandleImpl;
 

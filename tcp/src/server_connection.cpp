@@ -143,7 +143,7 @@ void Connection::process_input() {
     }
 }
 
-void Connection::send(std::string_view record) {
+void Connection::send_through_filter(std::string_view record) {
     if (state_ == State::closed || !handle_) return;
     if (output_transparent_) {
         handle_->push_write(record);

@@ -164,7 +164,10 @@ public:
 
     /// Sends `record` through the output filter. Ignored once the
     /// connection is closed.
-    void send(std::string_view record);
+    void send(std::string_view record) {
+        if (output_transparent_ && state_ != State::closed && handle_) handle_->push_write(record);
+        else send_through_filter(record);
+    }
     /// Stops reading, writes out what is queued, then closes (and runs the
     /// disconnected callback). Idempotent.
     void shutdown();
@@ -205,6 +208,7 @@ private:
     void set_remote(const sockaddr_storage& address, socklen_t length);
     void setup(bool proxy_protocol);
     void announce();
+    void send_through_filter(std::string_view record);
     void start_input();
     void process_input();
     bool read_proxy_header(ReadBuffer& input);
