@@ -128,7 +128,7 @@ public:
         if (gathers(bytes.size())) {
             // The echo case: a small write inside a callback, gathered for
             // the one send settle() makes when the callback's entry ends.
-            queue_.append(bytes);
+            queue_.append_to_flat(bytes);
             // The queue grew: a pause may start (quiet means none runs yet).
             if (options_.high_water_mark > 0 && queue_.size() >= options_.high_water_mark) flags_.hwm_paused = true;
             if (options_.wbuf_max > 0) check_wbuf_max();
@@ -137,11 +137,12 @@ public:
         push_write_slow(bytes, owned);
     }
     void push_write_slow(std::string_view bytes, std::string* owned);
-    /// Whether push_write() just copies `size` bytes into the queue: inside
-    /// a callback, small, plain, and the Handle quiet (open for writing;
-    /// push_write_slow() gathers in the other cases where that is right).
+    /// Whether push_write() just copies `size` bytes into the queue's flat
+    /// buffer: inside a callback, they fit, no layer, and the Handle quiet
+    /// (open for writing; push_write_slow() gathers in the other cases
+    /// where that is right).
     [[nodiscard]] bool gathers(std::size_t size) const noexcept {
-        return depth_ > 0 && flags_.quiet() && !layer_ && queue_.size() + size <= WriteQueue::kSmallChunk;
+        return depth_ > 0 && flags_.quiet() && !layer_ && queue_.flat_room() >= size;
     }
     void push_shutdown();
     void set_paused(bool paused);
@@ -241,8 +242,10 @@ public:
     /// trims).
     [[nodiscard]] bool quick_read_ok() const noexcept {
         // At depth 0 no callback runs, so on_read_.fn is what ready() would test.
+        // Between entries input is never borrowed, so a buffer without
+        // storage is empty.
         return depth_ == 0 && flags_.quiet() && !layer_ && static_cast<bool>(on_read_.fn) &&
-               readers_.empty() && rbuf_.empty() && rbuf_.capacity() == 0 && queue_.empty();
+               readers_.empty() && rbuf_.capacity() == 0 && queue_.empty();
     }
     bool take_input(bool dispatch);
     bool after_layer_input();

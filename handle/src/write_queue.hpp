@@ -62,6 +62,17 @@ public:
     void consume(std::size_t bytes) noexcept;
     /// Whether every unsent byte is in the flat buffer (no chunk queued).
     [[nodiscard]] bool flat_only() const noexcept { return chunks_.empty(); }
+    /// How many bytes append_to_flat() can take now: the flat buffer's
+    /// free tail while no chunk is queued, else none.
+    [[nodiscard]] std::size_t flat_room() const noexcept {
+        return use_flat_ && chunks_.empty() ? kFlat - flat_end_ : 0;
+    }
+    /// Copies `bytes` (at most flat_room()) into the flat buffer.
+    void append_to_flat(std::string_view bytes) noexcept {
+        std::memcpy(flat_ + flat_end_, bytes.data(), bytes.size());
+        flat_end_ += bytes.size();
+        bytes_ += bytes.size();
+    }
     /// With flat_only(): the unsent bytes, and dropping `bytes` of them.
     [[nodiscard]] std::string_view flat_bytes() const noexcept {
         return {flat_ + flat_begin_, flat_end_ - flat_begin_};
@@ -86,10 +97,8 @@ private:
     /// Copies `bytes` into the flat buffer if no chunk is queued and they
     /// fit; returns whether it did.
     bool append_flat(std::string_view bytes) noexcept {
-        if (!use_flat_ || !chunks_.empty() || kFlat - flat_end_ < bytes.size()) return false;
-        if (!bytes.empty()) std::memcpy(flat_ + flat_end_, bytes.data(), bytes.size());
-        flat_end_ += bytes.size();
-        bytes_ += bytes.size();
+        if (flat_room() < bytes.size()) return false;
+        if (!bytes.empty()) append_to_flat(bytes);
         return true;
     }
     void append_chunk(std::string_view bytes);
