@@ -220,16 +220,17 @@ private:
             dispatch_carefully(n);
             return;
         }
-        // A token's fd half is below the table's size: the table never
-        // shrinks, and it held the fd when the token was registered.
-        detail::IoNode* const* const watchers = watchers_by_fd().data();
         for (const epoll_event* event = events; event != events + n; ++event) {
             const std::uint64_t token = event->data.u64;
             if (token == wake_token) {
                 wake_fd_ready();
                 continue;
             }
-            auto* node = static_cast<EpollNode*>(watchers[static_cast<std::uint32_t>(token)]);
+            // A token's fd half is below the table's size: the table never
+            // shrinks, and it held the fd when the token was registered. It
+            // may grow, and move, inside any callback (a watcher for a new
+            // fd), so it is looked up afresh for every event.
+            auto* node = static_cast<EpollNode*>(watchers_by_fd()[static_cast<std::uint32_t>(token)]);
             if (node == nullptr || node->generation != static_cast<std::uint32_t>(token >> 32)) {
                 dispatch_rest_carefully(static_cast<int>(event - events), n);  // a stale token: the rest the long way
                 return;

@@ -574,6 +574,48 @@ TEST_P(IoContract, ThousandSimultaneousWatchers) {
     expect_loop_empty();
 }
 
+// A callback early in a batch that starts watchers for many new fds makes
+// the loop's fd table grow (and move) while the rest of the batch waits:
+// those events must still reach their watchers. (The epoll backend once
+// looked them up through a pointer into the table taken before the batch.)
+TEST_P(IoContract, WatchersAddedByACallbackDoNotDisturbTheRestOfTheBatch) {
+    constexpr int waiting = 20;
+    constexpr int added = 200;
+    SocketPair trigger;
+    std::vector<std::unique_ptr<SocketPair>> existing;
+    std::vector<IoWatcher> existing_watchers;
+    int existing_calls = 0;
+    for (int i = 0; i < waiting; ++i) {
+        existing.push_back(std::make_unique<SocketPair>());
+        const int fd = existing.back()->a;
+        existing_watchers.push_back(loop->io(fd, Io::read, [&, fd](Io) {
+            char byte = 0;
+            EXPECT_EQ(::read(fd, &byte, 1), 1);
+            EXPECT_EQ(byte, 'e');
+            ++existing_calls;
+        }));
+    }
+    std::vector<std::unique_ptr<SocketPair>> fresh;
+    std::vector<IoWatcher> fresh_watchers;
+    IoWatcher trigger_watcher = loop->io(trigger.a, Io::read, [&](Io) {
+        char byte = 0;
+        EXPECT_EQ(::read(trigger.a, &byte, 1), 1);
+        for (int i = 0; i < added; ++i) {
+            fresh.push_back(std::make_unique<SocketPair>());
+            fresh_watchers.push_back(loop->io(fresh.back()->a, Io::read, [](Io) { ADD_FAILURE() << "nothing was sent"; }));
+        }
+    });
+    // Ready in this order, so one wait reports the trigger first.
+    write_all(trigger.b, "t", 1);
+    for (const auto& pair : existing) write_all(pair->b, "e", 1);
+    ASSERT_TRUE(run_until(*loop, [&] { return existing_calls == waiting; }));
+    EXPECT_EQ(fresh_watchers.size(), static_cast<std::size_t>(added));
+    trigger_watcher.stop();
+    for (IoWatcher& watcher : existing_watchers) watcher.stop();
+    for (IoWatcher& watcher : fresh_watchers) watcher.stop();
+    expect_loop_empty();
+}
+
 TEST_P(IoContract, SecondWatcherOnTheSameFdThrows) {
     SocketPair pair;
     int first_calls = 0;
