@@ -314,7 +314,8 @@ private:
             epoll_event event{};
             event.events = node->registered;
             event.data.u64 = token_of(node);
-            if (::epoll_ctl(fresh, EPOLL_CTL_ADD, node->fd, &event) != 0) forget_registration(node);  // closed meanwhile
+            // Refused: the fd was closed meanwhile.
+            if (::epoll_ctl(fresh, EPOLL_CTL_ADD, node->fd, &event) != 0) forget_registration(node);
         }
         ::close(epoll_fd_);
         epoll_fd_ = fresh;

@@ -7,8 +7,8 @@
 // works (through entered()), and the outermost entry finishes with settle(), which flushes
 // output gathered meanwhile, runs on_drain, applies the read/write interest
 // and, if the Handle was destroyed meanwhile, lingers or frees the state.
-// Code that ran a user callback checks flags_.dead / flags_.orphaned before touching
-// anything else.
+// Code that ran a user callback checks flags_.dead / flags_.orphaned before
+// touching anything else.
 #pragma once
 
 #include <anyloop/handle/handle.hpp>
@@ -298,7 +298,9 @@ public:
     void after_write(std::size_t written);
     void do_shutdown() noexcept;
     void check_wbuf_max();
-    [[nodiscard]] std::size_t queued_bytes() const noexcept { return queue_.size() + plain_.size() + after_layer_.size(); }
+    [[nodiscard]] std::size_t queued_bytes() const noexcept {
+        return queue_.size() + plain_.size() + after_layer_.size();
+    }
 
     // ---- the rest (handle_io.cpp) ------------------------------------------
     void update_interest();

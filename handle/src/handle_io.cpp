@@ -71,8 +71,9 @@ void HandleImpl::settle() {
             }
             // A stoptls() made inside a callback has no output queued yet:
             // its close_notify is made by flush() too.
-            if (!flags_.write_blocked && (!queue_.empty() || !plain_.empty() || (flags_.shutdown_requested && !flags_.write_shut) ||
-                                    (flags_.stoptls_requested && !flags_.layer_shutdown)))
+            if (!flags_.write_blocked &&
+                (!queue_.empty() || !plain_.empty() || (flags_.shutdown_requested && !flags_.write_shut) ||
+                 (flags_.stoptls_requested && !flags_.layer_shutdown)))
                 flush();
             if (flags_.drain_due && !flags_.dead && !flags_.orphaned) {
                 flags_.drain_due = false;
@@ -262,7 +263,8 @@ bool HandleImpl::pump_layer(std::size_t& written) {
     }
     // close_notify once everything queued went in, and not before the
     // handshake is done: half-closing then would break the handshake.
-    if (plain_.empty() && (flags_.shutdown_requested || flags_.stoptls_requested) && !flags_.layer_shutdown && layer_->established()) {
+    if (plain_.empty() && (flags_.shutdown_requested || flags_.stoptls_requested) && !flags_.layer_shutdown &&
+        layer_->established()) {
         flags_.layer_shutdown = true;
         layer_->shutdown();
     }
@@ -486,7 +488,8 @@ void HandleImpl::finish_orphan() noexcept {
             if (!flags_.dead && unfinished && options_.linger > Duration::zero()) {
                 const int fd = fd_;
                 fd_ = -1;
-                start_lingering(loop_, fd, is_socket_, std::move(queue_), flags_.shutdown_requested && !flags_.write_shut,
+                start_lingering(loop_, fd, is_socket_, std::move(queue_),
+                                flags_.shutdown_requested && !flags_.write_shut,
                                 options_.linger, std::move(io_), std::move(timer_));
             }
         }

@@ -602,7 +602,8 @@ TEST_P(IoContract, WatchersAddedByACallbackDoNotDisturbTheRestOfTheBatch) {
         EXPECT_EQ(::read(trigger.a, &byte, 1), 1);
         for (int i = 0; i < added; ++i) {
             fresh.push_back(std::make_unique<SocketPair>());
-            fresh_watchers.push_back(loop->io(fresh.back()->a, Io::read, [](Io) { ADD_FAILURE() << "nothing was sent"; }));
+            fresh_watchers.push_back(
+                loop->io(fresh.back()->a, Io::read, [](Io) { ADD_FAILURE() << "nothing was sent"; }));
         }
     });
     // Ready in this order, so one wait reports the trigger first.

@@ -193,7 +193,8 @@ TEST_P(StreamTest, EchoPathHandsOverAndComesBack) {
         ReadBuffer& input = h.read_buffer();
         if (input.view().starts_with("L")) {
             input.consume(1);
-            h.push_read(Reader::line([](Handle& h2, std::string_view line) { h2.push_write("<" + std::string(line) + ">"); }));
+            h.push_read(Reader::line(
+                [](Handle& h2, std::string_view line) { h2.push_write("<" + std::string(line) + ">"); }));
             return;
         }
         echo(h);
