@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 
@@ -169,6 +170,13 @@ int highest_open_fd() {
         // timer's node now, while descriptors are free.
         loop->io(report, Io::write, [](Io) {}).reset();
         loop->timer(1h, [] {}).reset();
+        {
+            // And a Handle's state, whose TLS transport is polymorphic too.
+            int pair[2];
+            if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) status = 6;
+            Handle warm_up(*loop, pair[0]);
+            ::close(pair[1]);
+        }
         rlimit limit{};
         ::getrlimit(RLIMIT_NOFILE, &limit);
         limit.rlim_cur = static_cast<rlim_t>(highest_open_fd() + 1 + 6);
