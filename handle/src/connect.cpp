@@ -121,7 +121,7 @@ struct ConnectState {
     ~ConnectState() { close_attempt(); }
 
     void resolve();
-    void resolved(const Lookup& lookup);
+    void resolved(Lookup lookup);
     void resolver_done();
     void try_next();
     void on_ready();
@@ -155,7 +155,7 @@ struct ConnectState {
 void ConnectState::resolve() {
     Lookup numeric = look_up(host, port, AI_NUMERICHOST);
     if (numeric.status != EAI_NONAME) {
-        resolved(numeric);
+        resolved(std::move(numeric));
         return;
     }
     const int done_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -200,10 +200,10 @@ void ConnectState::resolver_done() {
     io.reset();
     timer.stop();
     resolver.reset();
-    resolved(answer);
+    resolved(std::move(answer));
 }
 
-void ConnectState::resolved(const Lookup& lookup) {
+void ConnectState::resolved(Lookup lookup) {
     if (lookup.status != 0) {
         last_error = lookup.status == EAI_SYSTEM ? std::error_code(lookup.system_error, std::generic_category())
                                                  : std::error_code(lookup.status, resolver_category());
@@ -212,7 +212,7 @@ void ConnectState::resolved(const Lookup& lookup) {
         last_error = std::error_code(EAI_NONAME, resolver_category());
         reason = "the name has no IPv4 or IPv6 address";
     }
-    addresses = lookup.addresses;
+    addresses = std::move(lookup.addresses);
     if (addresses.empty()) deliver_failure();
     else try_next();
 }

@@ -143,12 +143,9 @@ void Connection::process_input() {
     }
 }
 
+// send() when the output filter encodes, or the connection is closed.
 void Connection::send_through_filter(std::string_view record) {
     if (state_ == State::closed || !handle_) return;
-    if (output_transparent_) {
-        handle_->push_write(record);
-        return;
-    }
     encoded_.clear();
     output_filter_->put(record, encoded_);
     handle_->push_write(std::string_view(encoded_));
