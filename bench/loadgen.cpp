@@ -11,9 +11,12 @@
 // After a warm-up, a measured window of fixed length yields round trips per
 // second, payload MB/s (one direction), round-trip latency percentiles and,
 // when the server's pid is given, the server's CPU time per round trip from
-// /proc/<pid>/stat (utime + stime over the window). With --count the run
-// instead does exactly K round trips and measures all of them; the callgrind
-// script uses that so two runs differ only in the number of round trips.
+// /proc/<pid>/stat (utime + stime over the window), and the share of the
+// machine's CPU time the hypervisor took meanwhile (steal, from /proc/stat:
+// on a shared virtual machine a window with much steal says little about
+// the server). With --count the run instead does exactly K round trips and
+// measures all of them; the callgrind script uses that so two runs differ
+// only in the number of round trips.
 // --think-us T waits T microseconds after each echo before sending the next
 // message, so that the server is always idle in its wait when a message
 // arrives (under valgrind the server would otherwise be the slow side, and
@@ -191,6 +194,27 @@ long long process_cpu_ticks(long pid) {
     return utime < 0 || stime < 0 ? -1 : utime + stime;
 }
 
+/// The machine's CPU time so far and the part of it the hypervisor gave to
+/// someone else ("steal", field 8 of /proc/stat's "cpu" line), in ticks.
+struct StealSample {
+    long long steal = -1;
+    long long total = -1;
+};
+
+StealSample steal_sample() {
+    std::ifstream file("/proc/stat");
+    std::string name;
+    file >> name;
+    if (name != "cpu") return {};
+    StealSample sample{0, 0};
+    long long value = 0;
+    for (int field = 1; field <= 8 && file >> value; ++field) {
+        sample.total += value;  // user nice system idle iowait irq softirq steal
+        if (field == 8) sample.steal = value;
+    }
+    return sample;
+}
+
 std::int64_t own_cpu_ns() {
     rusage usage{};
     ::getrusage(RUSAGE_SELF, &usage);
@@ -263,6 +287,8 @@ private:
     long long server_ticks_at_end_ = -1;
     std::int64_t client_cpu_at_start_ = 0;
     std::int64_t client_cpu_at_end_ = 0;
+    StealSample steal_at_start_;
+    StealSample steal_at_end_;
     std::vector<std::int64_t> latencies_ns_;
     // With --think-us: connections waiting to send, in due order (the pause
     // is the same for all, so first in is first due).
@@ -512,6 +538,7 @@ void LoadGenerator::begin_window(std::int64_t now) {
     completed_at_start_ = completed_;
     server_ticks_at_start_ = process_cpu_ticks(options_.server_pid);
     client_cpu_at_start_ = own_cpu_ns();
+    steal_at_start_ = steal_sample();
 }
 
 void LoadGenerator::end_window(std::int64_t now) {
@@ -521,6 +548,7 @@ void LoadGenerator::end_window(std::int64_t now) {
     completed_at_end_ = completed_;
     server_ticks_at_end_ = process_cpu_ticks(options_.server_pid);
     client_cpu_at_end_ = own_cpu_ns();
+    steal_at_end_ = steal_sample();
 }
 
 int LoadGenerator::run() {
@@ -608,6 +636,12 @@ void LoadGenerator::report() const {
     }
     const double client_cpu_pct =
         seconds > 0 ? 100.0 * static_cast<double>(client_cpu_at_end_ - client_cpu_at_start_) / 1e9 / seconds : 0;
+    // How much of the machine the hypervisor took during the window (-1:
+    // unknown). Timings from a window with much steal say little.
+    double steal_pct = -1;
+    if (steal_at_start_.steal >= 0 && steal_at_end_.steal >= 0 && steal_at_end_.total > steal_at_start_.total)
+        steal_pct = 100.0 * static_cast<double>(steal_at_end_.steal - steal_at_start_.steal) /
+                    static_cast<double>(steal_at_end_.total - steal_at_start_.total);
 
     if (!options_.quiet) {
         std::fprintf(stderr,
@@ -618,13 +652,14 @@ void LoadGenerator::report() const {
         if (server_us_per_rt >= 0)
             std::fprintf(stderr, "  server CPU %.3f us per round trip (%.0f%% of a core); loadgen CPU %.0f%%\n",
                          server_us_per_rt, server_cpu_pct, client_cpu_pct);
+        if (steal_pct >= 0) std::fprintf(stderr, "  steal (CPU time the hypervisor took): %.1f%%\n", steal_pct);
     }
     std::printf("RESULT label=%s connections=%u size=%zu pipeline=%u seconds=%.3f round_trips=%" PRIu64
                 " msgs_per_s=%.0f mb_per_s=%.2f p50_us=%.1f p99_us=%.1f server_cpu_us_per_rt=%.3f"
-                " server_cpu_pct=%.1f client_cpu_pct=%.1f\n",
+                " server_cpu_pct=%.1f client_cpu_pct=%.1f steal_pct=%.1f\n",
                 options_.label.empty() ? "-" : options_.label.c_str(), options_.connections, options_.size,
                 options_.pipeline, seconds, round_trips, msgs_per_s, mb_per_s, p50, p99, server_us_per_rt,
-                server_cpu_pct, client_cpu_pct);
+                server_cpu_pct, client_cpu_pct, steal_pct);
     std::fflush(stdout);
 }
 

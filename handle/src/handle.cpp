@@ -32,7 +32,8 @@ HandleOptions normalized(HandleOptions options) {
 namespace detail {
 
 HandleImpl::HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptions& options)
-    : owner_(&owner), loop_(loop), fd_(fd), options_(normalized(options)), read_size_(options_.read_size) {
+    : owner_(&owner), loop_(loop), fd_(fd), options_(normalized(options)) {
+    read_size_ = options_.read_size;
     if (fd < 0) throw std::invalid_argument("Handle: invalid fd " + std::to_string(fd));
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || ((flags & O_NONBLOCK) == 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
@@ -65,6 +66,7 @@ HandleImpl::HandleImpl(Handle& owner, EventLoop& loop, int fd, const HandleOptio
 }
 
 HandleImpl::~HandleImpl() {
+    layer_.reset();  // before transport_, which it may use, is destroyed
     if (fd_ >= 0) ::close(fd_);
 }
 

@@ -49,9 +49,9 @@ private:
         head_ = 0;
     }
 
-    std::vector<Reader> slots_;
+    std::size_t count_ = 0;  // first: empty() is on the Handle's echo path
     std::size_t head_ = 0;
-    std::size_t count_ = 0;
+    std::vector<Reader> slots_;
 };
 
 }  // namespace anyloop::detail

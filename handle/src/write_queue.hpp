@@ -103,14 +103,19 @@ private:
     }
     void append_chunk(std::string_view bytes);
 
-    std::vector<Chunk> chunks_;  // empty once every chunk is sent (head_ < size otherwise)
-    std::size_t head_ = 0;
+    // What small writes touch comes first, and the flat buffer right after
+    // it, so that a small echo stays within the header's cache line and the
+    // next (HandleImpl aligns the queue to a line). bytes_ and flat_begin_
+    // are kept apart: side by side, GCC turns consume_flat() into longer
+    // vector code.
     std::size_t bytes_ = 0;
-    std::string spare_;
+    std::vector<Chunk> chunks_;  // empty once every chunk is sent (head_ < size otherwise)
     std::size_t flat_begin_ = 0;  // flat_[flat_begin_..flat_end_) is unsent
     std::size_t flat_end_ = 0;
     bool use_flat_ = true;
     char flat_[kFlat];
+    std::size_t head_ = 0;
+    std::string spare_;
 };
 
 /// writev() / sendmsg() of `count` buffers; retries EINTR. Sockets are

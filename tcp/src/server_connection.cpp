@@ -13,12 +13,13 @@ using detail::ServerCore;
 
 Connection::Connection(ServerCore& core, std::uint64_t serial)
     : core_(core),
+      idle_timed_(core.shared().options.idle_timeout > Duration::zero()),
       serial_(serial),
       input_filter_(core.shared().options.input_filter->clone()),
-      output_filter_(core.shared().options.output_filter->clone()),
-      input_transparent_(input_filter_->transparent()),
-      output_transparent_(output_filter_->transparent()),
-      idle_timed_(core.shared().options.idle_timeout > Duration::zero()) {}
+      output_filter_(core.shared().options.output_filter->clone()) {
+    input_transparent_ = input_filter_->transparent();
+    output_transparent_ = output_filter_->transparent();
+}
 
 Connection::~Connection() = default;
 

@@ -205,7 +205,7 @@ void ServerCore::serve(int fd, sockaddr_storage& address, socklen_t length, cons
         connection->remote_host_ = std::move(host_name);
         connection->listener_address_ = listener.socket.address;
         connection->tls_ctx_ = listener.socket.tls_ctx;
-        connection->handle_ = std::make_unique<Handle>(loop_, fd, shared_.options.handle);
+        connection->handle_.emplace(loop_, fd, shared_.options.handle);
     } catch (const std::exception& failure) {
         ::close(fd);  // the Handle did not take it
         drop(*connection, failure.what());

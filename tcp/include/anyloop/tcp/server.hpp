@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -223,16 +224,17 @@ private:
     void stamp_activity() noexcept;
     void finish(bool report);
 
+    // What the raw echo path touches first (one cache line with the base).
     detail::ServerCore& core_;
-    std::uint64_t serial_;
+    std::optional<Handle> handle_;  // in place: one pointer less to follow per send
     State state_ = State::header;
-    bool announced_ = false;
-    std::unique_ptr<Handle> handle_;
-    std::unique_ptr<Filter> input_filter_;
-    std::unique_ptr<Filter> output_filter_;
     bool input_transparent_;   // input_filter_->transparent(), asked once
     bool output_transparent_;
     bool idle_timed_;          // idle_timeout set: activity is time-stamped (touch())
+    bool announced_ = false;
+    std::uint64_t serial_;
+    std::unique_ptr<Filter> input_filter_;
+    std::unique_ptr<Filter> output_filter_;
     std::string encoded_;
     sockaddr_storage remote_{};
     socklen_t remote_length_ = 0;
