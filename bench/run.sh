@@ -138,7 +138,9 @@ run_once() {
     status=steal
   fi
   echo "server=$server scenario=$scenario rep=$rep status=$status ${result#RESULT }" >>"$runs"
-  log "$server $scenario rep $rep: $(sed -n 's/.*\(msgs_per_s=[^ ]*\).*\(server_cpu_us_per_rt=[^ ]*\).*/\1 \2/p' <<<"$result") steal=${steal:-?}%${status/#ok/}"
+  local note=""
+  [[ $status == ok ]] || note=" ($status)"
+  log "$server $scenario rep $rep: $(sed -n 's/.*\(msgs_per_s=[^ ]*\).*\(server_cpu_us_per_rt=[^ ]*\).*/\1 \2/p' <<<"$result") steal=${steal:-?}%$note"
   [[ $status != steal ]]
 }
 ((report_only)) || : >"$runs"
