@@ -157,7 +157,7 @@ public:
         // and the timer's are cancelled, signal sets destroyed.
         shutdown_watchers();
         link_->loop = nullptr;
-        set_.release();  // the set's fd is EpollSetLoop's to close
+        set_.release();   // the set's fd is EpollSetLoop's to close
         timer_.cancel();  // timers never report an error here
         keepalive_.reset();
     }

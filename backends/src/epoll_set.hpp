@@ -66,7 +66,9 @@ inline constexpr auto io_of_bits = [] {
     return table;
 }();
 
-inline Io to_io(std::uint32_t revents) noexcept { return io_of_bits[revents & 0x1f]; }
+inline Io to_io(std::uint32_t revents) noexcept {
+    return io_of_bits[revents & 0x1f];
+}
 
 inline std::uint64_t token_of(const EpollNode* node) noexcept {
     return (std::uint64_t{node->generation} << 32) | static_cast<std::uint32_t>(node->fd);
