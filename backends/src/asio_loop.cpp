@@ -1,26 +1,39 @@
-// The Asio backend: anyloop's watchers as asynchronous waits on an
-// io_context, either our own or one a host program runs.
+// The Asio backend: anyloop's watchers on an io_context, either our own or
+// one a host program runs.
 //
-// Three rules shape this file:
+// I/O watchers live in a level-triggered epoll set of the loop's own
+// (EpollSetLoop, epoll_set.hpp, shared with the epoll backend), and Asio sees
+// only the set's descriptor, with one wait_read outstanding on it while any
+// watcher is in the set; when it completes, one epoll_wait collects the ready
+// watchers and dispatches them. Asio's reactor is edge-triggered and starts
+// every wait with an EPOLL_CTL_MOD, which re-checks readiness: re-arming the
+// one wait after each batch costs one epoll_ctl per batch instead of one per
+// ready fd, and gives every watcher level-triggered readiness, since the set
+// stays readable while any fd in it is ready. With no watcher in the set no
+// wait is outstanding, so a host's run() returns when anyloop has nothing to
+// watch. Regular files, which epoll refuses, are always ready: while one is
+// watched, a posted completion takes the wait's place.
 //
-//  * Every handler we give Asio may run after the watcher, or the whole loop,
-//    is gone: a cancelled wait completes with operation_aborted later, and on
-//    an adopted io_context that may be long after the wrapper was destroyed.
-//    So handlers hold shared state (LoopLink, IoPort) and check it; they
-//    never hold a raw node or loop pointer of their own.
-//  * Asio's reactor is edge-triggered; a new async_wait re-arms the fd
-//    (EPOLL_CTL_MOD), so starting a wait after each completion gives the
-//    contract's level-triggered readiness.
+// Two more rules shape this file:
+//
+//  * Every handler we give Asio may run after the loop is gone: a cancelled
+//    wait completes with operation_aborted later, and on an adopted
+//    io_context that may be long after the wrapper was destroyed. So
+//    handlers hold the shared LoopLink and check it; they never hold a raw
+//    loop pointer of their own.
 //  * Asio has no iterations: poll() runs handlers until none is ready, and a
-//    re-armed ready fd is always ready. Inside our own iterate() every re-arm
-//    (I/O, the timer, signals, the post() wake-up) is therefore deferred to
-//    the end of the iteration, which is what bounds one run_once(). When the
-//    host drives the io_context, re-arms happen at once, as Asio code does,
-//    and so they do in an owned loop's run(): that is one io_context::run(),
-//    stopped by stop(), a failure, or alive() turning false (an iteration is
-//    then one handler, and each wait costs one epoll_wait instead of two).
+//    re-armed ready set is always ready. Inside our own iterate() every
+//    re-arm (the set's wait, the timer, signals, the post() wake-up) is
+//    therefore deferred to the end of the iteration, which is what bounds one
+//    run_once(). When the host drives the io_context, re-arms happen at once,
+//    as Asio code does, and so they do in an owned loop's run(): that is one
+//    io_context::run(), stopped by stop(), a failure, or alive() turning false
+//    (an iteration is then one handler, and a batch costs one epoll_wait of
+//    Asio's and one of ours instead of Asio's two).
 
 #include <anyloop/backends/asio.hpp>
+
+#include "epoll_set.hpp"
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
@@ -28,8 +41,6 @@
 #include <asio/post.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/steady_timer.hpp>
-
-#include <poll.h>
 
 #include <csignal>
 #include <cstddef>
@@ -48,7 +59,7 @@ namespace {
 class AsioLoop;
 
 // The handlers' way back to the loop: cleared when the loop is destroyed.
-// It also keeps the memory of the I/O waits (see WaitAllocator), since the
+// It also keeps the memory of the set's waits (see WaitAllocator), since the
 // last wait may complete after the loop is gone.
 struct LoopLink {
     explicit LoopLink(AsioLoop* l) noexcept : loop(l) {}
@@ -86,18 +97,18 @@ private:
     struct Block {
         Block* next;
     };
-    // Enough for a busy server's waits of one iteration; beyond that, the
-    // blocks go back to malloc.
-    static constexpr std::size_t max_spare = 1024;
+    // One wait is outstanding at a time, plus perhaps a cancelled one that
+    // has not completed yet.
+    static constexpr std::size_t max_spare = 4;
     Block* spare = nullptr;
     std::size_t spare_count = 0;
-    std::size_t block_size = 0;  // every I/O wait operation has the same type, hence size
+    std::size_t block_size = 0;  // every wait operation has the same type, hence size
 };
 
-// The allocator Asio uses for an I/O wait operation. Without one, Asio takes
-// the memory from a cache in the stack frame of run_one()/poll_one(), which
-// is gone by the time the next wait is started (after the iteration), so
-// every wait would cost a malloc and a free.
+// The allocator Asio uses for a wait on the set. Without one, Asio takes the
+// memory from a cache in the stack frame of run_one()/poll_one(), which is
+// gone by the time the next wait is started (after the iteration), so every
+// wait would cost a malloc and a free.
 template <typename T>
 struct WaitAllocator {
     using value_type = T;
@@ -113,74 +124,40 @@ struct WaitAllocator {
     LoopLink* link;
 };
 
-struct AsioIoNode;
-
-// The Asio side of one I/O watcher. It lives as long as the watcher's node
-// or any wait handler that refers to it, whichever is last; the descriptor
-// is engaged exactly while the watcher is started.
-struct IoPort {
-    explicit IoPort(std::shared_ptr<LoopLink> l) noexcept : link(std::move(l)) {}
-    IoPort(const IoPort&) = delete;
-    IoPort& operator=(const IoPort&) = delete;
-    ~IoPort() {
-        // Never reached with an engaged descriptor (io_stop releases it);
-        // releasing here anyway guarantees Asio never closes the user's fd.
-        if (descriptor) descriptor->release();
-    }
-
-    std::shared_ptr<LoopLink> link;
-    std::optional<asio::posix::stream_descriptor> descriptor;
-    AsioIoNode* node = nullptr;  // cleared when the node is deleted
-    // Bumped by every stop and every cancel: a completion of an older
-    // generation is stale and must neither dispatch nor re-arm.
-    std::uint64_t generation = 0;
-    bool waiting[2] = {false, false};  // a wait of this generation is outstanding: [0] read, [1] write
-    bool rearm_queued = false;         // on the loop's deferred re-arm list
-};
-
-struct AsioIoNode final : detail::IoNode {
-    explicit AsioIoNode(std::shared_ptr<IoPort> p) noexcept : port(std::move(p)) { port->node = this; }
-    ~AsioIoNode() override { port->node = nullptr; }
-    std::shared_ptr<IoPort> port;
-};
-
 // One asio::signal_set per installed signal number.
 struct SignalEntry {
     int signo = 0;
     std::unique_ptr<asio::signal_set> set;
     struct sigaction previous {};
-    std::uint64_t arm = 0;  // like IoPort::generation
+    std::uint64_t arm = 0;  // bumped by every wait; an older completion is stale
     bool waiting = false;
 };
 
-constexpr Io direction_bit(int direction) noexcept {
-    return direction == 0 ? Io::read : Io::write;
-}
-
-// The completion handler of one I/O wait.
-struct WaitHandler {
+// The completion handler of a wait on the set.
+struct SetWaitHandler {
     using allocator_type = WaitAllocator<void>;
-    [[nodiscard]] allocator_type get_allocator() const noexcept { return allocator_type(port->link.get()); }
+    [[nodiscard]] allocator_type get_allocator() const noexcept { return allocator_type(link.get()); }
     void operator()(const asio::error_code& error) const noexcept;
 
-    std::shared_ptr<IoPort> port;
-    int direction;
-    std::uint64_t generation;
+    std::shared_ptr<LoopLink> link;
+    std::uint64_t arm;
 };
 
-class AsioLoop final : public EventLoop {
+class AsioLoop final : public backends::EpollSetLoop<AsioLoop, EventLoop> {
 public:
     // The owning form: the io_context is created before everything that
     // refers to it and destroyed after it (members are destroyed in reverse).
-    AsioLoop() : owned_(std::make_unique<asio::io_context>(1)), ctx_(*owned_), timer_(ctx_) {}
-    explicit AsioLoop(asio::io_context& host) : ctx_(host), timer_(ctx_) {}
+    AsioLoop() : owned_(std::make_unique<asio::io_context>(1)), ctx_(*owned_), set_(ctx_), timer_(ctx_) {
+        assign_set();
+    }
+    explicit AsioLoop(asio::io_context& host) : ctx_(host), set_(ctx_), timer_(ctx_) { assign_set(); }
 
     ~AsioLoop() override {
-        // Stops every watcher while this object is intact: descriptors are
-        // released, signal sets destroyed, the timer wait cancelled.
-        // (io_rearm_ is empty: only iterate() fills it, and it empties it.)
+        // Stops every watcher while this object is intact: the set's wait
+        // and the timer's are cancelled, signal sets destroyed.
         shutdown_watchers();
         link_->loop = nullptr;
+        set_.release();   // the set's fd is EpollSetLoop's to close
         timer_.cancel();  // timers never report an error here
         keepalive_.reset();
     }
@@ -189,48 +166,29 @@ public:
 
     // ---- what the handlers call ------------------------------------------
 
-    void on_io(const std::shared_ptr<IoPort>& port, int direction, std::uint64_t generation,
-               const asio::error_code& error) noexcept {
-        AsioIoNode* node = port->node;
-        if (node == nullptr || !node->active || generation != port->generation) {
+    // The set was reported readable (or, `error` clear, a regular file is
+    // watched): dispatch what is ready, then wait again.
+    void on_set_ready(std::uint64_t arm, const asio::error_code& error) noexcept {
+        if (arm != set_arm_) {
             ++stale_;
             return;
         }
-        port->waiting[direction] = false;
+        set_waiting_ = false;
         if (error == asio::error::operation_aborted) {
-            // Not from us (we bump the generation when we cancel): keep waiting.
+            // Not from us (we bump the arm when we cancel): keep waiting.
             ++stale_;
-            request_arm(port);
+            request_set_wait();
             return;
         }
-        // Asio reports a descriptor it cannot wait on (a regular file, an
-        // fd epoll refused) as an error; like poll(2), call that ready for
-        // everything, and the next read() or write() tells what happened.
-        Io revents = error ? Io::read_write : direction_bit(direction);
-        const int other = 1 - direction;
-        if (!error && has(node->events, direction_bit(other))) {
-            // Both directions watched: Asio completes each wait on its own,
-            // but the contract reports all ready events in one callback. Ask
-            // the kernel about the other direction now.
-            pollfd probe{node->fd, static_cast<short>(other == 0 ? POLLIN : POLLOUT), 0};
-            if (::poll(&probe, 1, 0) > 0 && probe.revents != 0) revents = Io::read_write;
-        }
-        if (has(revents, direction_bit(other)) && port->waiting[other]) {
-            // Reported here, so the other wait (perhaps completed and queued
-            // already) must not report it a second time: retire it.
-            ++port->generation;
-            port->waiting[other] = false;
-            asio::error_code ignored;
-            port->descriptor->cancel(ignored);
-        }
-        new_now();
         {
             DispatchScope scope(*this);
-            dispatch_io(node, revents);
+            // Cannot block (timeout 0) and so cannot be interrupted; a
+            // failure would mean the set's fd is gone, which we never allow.
+            (void)wait_and_dispatch_set(0);
         }
-        // The callback may have stopped, restarted or destroyed the watcher;
-        // request_arm looks at the port's state as it is now.
-        request_arm(port);
+        // The callbacks may have started or stopped watchers; request_set_wait
+        // looks at the set as it is now.
+        request_set_wait();
     }
 
     void on_timer(std::uint64_t arm) noexcept {
@@ -281,85 +239,91 @@ public:
     }
 
 private:
-    // ---- I/O -------------------------------------------------------------
+    friend class backends::EpollSetLoop<AsioLoop, EventLoop>;
 
-    detail::IoNode* io_create() override { return new AsioIoNode(std::make_shared<IoPort>(link_)); }
+    // ---- I/O: EpollSetLoop keeps the set; Asio waits on it ----------------
+
+    void assign_set() {
+        asio::error_code error;
+        set_.assign(epoll_fd(), error);
+        if (error) throw std::system_error(error, "asio backend: cannot wait on the loop's epoll set");
+    }
 
     void io_start(detail::IoNode* node) override {
-        IoPort& port = *static_cast<AsioIoNode*>(node)->port;
-        port.descriptor.emplace(ctx_);
-        asio::error_code error;
-        port.descriptor->assign(node->fd, error);
-        if (error) {
-            port.descriptor.reset();
-            throw std::system_error(error, "asio backend: cannot watch fd " + std::to_string(node->fd));
-        }
-        ++port.generation;
-        port.waiting[0] = port.waiting[1] = false;
-        try {
-            request_arm(static_cast<AsioIoNode*>(node)->port);
-        } catch (...) {
-            port.descriptor->release();
-            port.descriptor.reset();
-            throw;
-        }
+        EpollSetLoop::io_start(node);
+        request_set_wait();
     }
 
     void io_update(detail::IoNode* node, Io old_events) override {
-        const std::shared_ptr<IoPort>& port = static_cast<AsioIoNode*>(node)->port;
-        if (!port->descriptor) return;
-        // A wait for an event no longer wanted would still keep the host's
-        // io_context busy; cancel it (and the other direction with it: Asio
-        // cancels per descriptor) and re-arm what remains.
-        const Io dropped = old_events & ~node->events;
-        if ((has(dropped, Io::read) && port->waiting[0]) || (has(dropped, Io::write) && port->waiting[1])) {
-            ++port->generation;
-            port->waiting[0] = port->waiting[1] = false;
-            asio::error_code ignored;
-            port->descriptor->cancel(ignored);
-        }
-        request_arm(port);
+        EpollSetLoop::io_update(node, old_events);
+        request_set_wait();
     }
 
     void io_stop(detail::IoNode* node) noexcept override {
-        IoPort& port = *static_cast<AsioIoNode*>(node)->port;
-        ++port.generation;  // a completion already queued is now stale
-        port.waiting[0] = port.waiting[1] = false;
-        if (port.descriptor) {
-            // release(), not close(): the fd stays the user's. Outstanding
-            // waits complete with operation_aborted and find a newer generation.
-            port.descriptor->release();
-            port.descriptor.reset();
-        }
+        EpollSetLoop::io_stop(node);
+        // A wait with nothing to wait for would keep the host's io_context
+        // busy. (Starting one is left to request_set_wait, which may throw.)
+        if (!set_wait_wanted()) retire_set_wait();
     }
 
-    void request_arm(const std::shared_ptr<IoPort>& port) {
-        if (port->node == nullptr || !port->descriptor) return;
-        if (in_iterate_) {
-            if (!port->rearm_queued) {
-                io_rearm_.push_back(port.get());
-                port->rearm_queued = true;
-            }
+    [[nodiscard]] bool set_wait_wanted() const noexcept { return watching_any() || always_ready_wanted(); }
+
+    void request_set_wait() {
+        if (in_iterate_)
+            set_deferred_ = true;
+        else
+            sync_set_wait();
+    }
+
+    // Keeps one wait outstanding while the set holds a watcher, a posted
+    // completion while a regular file wants events (it is ready at once),
+    // and neither otherwise.
+    void sync_set_wait() {
+        if (!set_wait_wanted()) {
+            retire_set_wait();
             return;
         }
-        arm(*port);
+        const bool ready_now = always_ready_wanted();
+        if (set_waiting_ && (set_posted_ || !ready_now)) return;
+        retire_set_wait();  // a wait on the set gives way to a posted completion
+        const std::uint64_t arm = set_arm_ + 1;
+        if (ready_now) {
+            asio::post(ctx_, [link = link_, arm]() noexcept {
+                if (AsioLoop* loop = link->loop) loop->on_set_ready(arm, asio::error_code());
+            });
+        } else {
+            set_.async_wait(asio::posix::stream_descriptor::wait_read, SetWaitHandler{link_, arm});
+        }
+        set_arm_ = arm;  // only now: neither call above may have thrown
+        set_waiting_ = true;
+        set_posted_ = ready_now;
     }
 
-    // Starts a wait for every wanted direction without one outstanding.
-    void arm(IoPort& port) {
-        if (port.node == nullptr || !port.descriptor) return;
-        const Io wanted = port.node->events;
-        for (int direction = 0; direction < 2; ++direction) {
-            if (!has(wanted, direction_bit(direction)) || port.waiting[direction]) continue;
-            const auto type =
-                direction == 0 ? asio::posix::stream_descriptor::wait_read : asio::posix::stream_descriptor::wait_write;
-            port.descriptor->async_wait(type, WaitHandler{port.node->port, direction, port.generation});
-            port.waiting[direction] = true;
+    // Makes the outstanding completion, if any, stale.
+    void retire_set_wait() noexcept {
+        if (!set_waiting_) return;
+        ++set_arm_;
+        set_waiting_ = false;
+        if (!set_posted_) {
+            asio::error_code ignored;
+            set_.cancel(ignored);
         }
+    }
+
+    // EpollSetLoop rebuilds the set (to shed an orphaned registration):
+    // wait on the fresh one instead.
+    bool epoll_set_replacing(int fresh) noexcept {
+        asio::posix::stream_descriptor descriptor(ctx_);
+        asio::error_code error;
+        descriptor.assign(fresh, error);
+        if (error) return false;  // keep the old set: its orphan stays ignored
+        retire_set_wait();
+        set_.release();
+        set_ = std::move(descriptor);
+        return true;
     }
 
     // ---- timers ----------------------------------------------------------
-
     void timers_changed() override { request_timer_arm(); }
 
     void request_timer_arm() {
@@ -498,7 +462,7 @@ private:
     }
 
     void iterate(bool block) override {
-        DispatchScope scope(*this);  // also keeps every port in io_rearm_ alive
+        DispatchScope scope(*this);  // nodes released in the iteration are freed at its end
         in_iterate_ = true;
         break_requested_ = false;
         posted_ran_ = false;
@@ -534,20 +498,7 @@ private:
     // still ready completes in the next one.
     void end_iteration() {
         in_iterate_ = false;
-        // The list is emptied even if arm() throws: its pointers are only
-        // good until iterate() returns. (arm() runs no handler, so nothing
-        // is added to the list meanwhile.)
-        try {
-            for (IoPort* port : io_rearm_) {
-                port->rearm_queued = false;
-                arm(*port);
-            }
-        } catch (...) {
-            for (IoPort* port : io_rearm_) port->rearm_queued = false;
-            io_rearm_.clear();
-            throw;
-        }
-        io_rearm_.clear();
+        if (std::exchange(set_deferred_, false)) sync_set_wait();
         if (std::exchange(timer_deferred_, false)) arm_timer();
         if (std::exchange(signal_deferred_, false)) arm_signals();
         if (std::exchange(wake_deferred_, false)) wake();
@@ -556,6 +507,10 @@ private:
     std::unique_ptr<asio::io_context> owned_;  // first: destroyed last
     asio::io_context& ctx_;
     const std::shared_ptr<LoopLink> link_ = std::make_shared<LoopLink>(this);
+    asio::posix::stream_descriptor set_;  // EpollSetLoop's epoll fd, released (never closed) by us
+    std::uint64_t set_arm_ = 0;           // bumped by every wait and every cancel; older completions are stale
+    bool set_waiting_ = false;            // a completion of set_arm_ is outstanding
+    bool set_posted_ = false;             // ... and it is a posted one (a regular file is watched)
     asio::steady_timer timer_;
     std::uint64_t timer_arm_ = 0;
     TimePoint timer_deadline_{};
@@ -568,17 +523,14 @@ private:
     bool break_requested_ = false;
     bool posted_ran_ = false;
     std::uint64_t stale_ = 0;  // handlers that found their wait cancelled or outdated
-    // Ports whose waits are re-armed at the end of the iteration. Plain
-    // pointers: iterate()'s DispatchScope keeps every node, and with it its
-    // port, alive until then.
-    std::vector<IoPort*> io_rearm_;
+    bool set_deferred_ = false;
     bool timer_deferred_ = false;
     bool signal_deferred_ = false;
     bool wake_deferred_ = false;
 };
 
-void WaitHandler::operator()(const asio::error_code& error) const noexcept {
-    if (AsioLoop* loop = port->link->loop) loop->on_io(port, direction, generation, error);
+void SetWaitHandler::operator()(const asio::error_code& error) const noexcept {
+    if (AsioLoop* loop = link->loop) loop->on_set_ready(arm, error);
 }
 
 }  // namespace

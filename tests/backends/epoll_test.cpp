@@ -1,7 +1,10 @@
-// The epoll backend where it differs from the others: fd numbers reused, a
-// registration that outlives its fd, interest changes, hang-up on a paused
-// watcher, regular files, and the batch of events per epoll_wait.
+// The epoll set where it differs from the other backends, on both backends
+// that keep one (epoll, and Asio, which waits on the set's descriptor): fd
+// numbers reused, a registration that outlives its fd, interest changes,
+// hang-up on a paused watcher, regular files, and the batch of events per
+// epoll_wait.
 #include <anyloop/backends/epoll.hpp>
+#include <anyloop/backends/registry.hpp>
 
 #include "support/test_support.hpp"
 
@@ -20,7 +23,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class Native_epoll : public ::testing::Test {
+class EpollSet : public ::testing::TestWithParam<std::string> {
 protected:
     void TearDown() override { EXPECT_EQ(loop->active_watchers(), 0U); }
 
@@ -38,8 +41,17 @@ protected:
         return iterations;
     }
 
-    std::unique_ptr<EventLoop> loop = make_epoll_loop();
+    std::unique_ptr<EventLoop> loop = make_loop(GetParam());
 };
+
+std::vector<std::string> backends_with_an_epoll_set() {
+    std::vector<std::string> names;
+    for (const std::string& name : available_backends())
+        if (name == "epoll" || name == "asio") names.push_back(name);
+    return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, EpollSet, ::testing::ValuesIn(backends_with_an_epoll_set()), BackendName{});
 
 // Closes an fd the test made outside SocketPair.
 struct FdCloser {
@@ -49,12 +61,12 @@ struct FdCloser {
     int fd = -1;
 };
 
-TEST_F(Native_epoll, NamesItself) {
-    EXPECT_EQ(loop->backend(), "epoll");
+TEST(Native_epoll, NamesItself) {
+    EXPECT_EQ(make_epoll_loop()->backend(), "epoll");
     EXPECT_EQ(make_loop("epoll")->backend(), "epoll");
 }
 
-TEST_F(Native_epoll, ClosedFdNumberReusedByANewWatcher) {
+TEST_P(EpollSet, ClosedFdNumberReusedByANewWatcher) {
     SocketPair first;
     SocketPair second;
     const int number = first.a;
@@ -90,7 +102,7 @@ TEST_F(Native_epoll, ClosedFdNumberReusedByANewWatcher) {
 }
 
 // Unlike poll, which would report POLLNVAL later, a bad fd is refused up front.
-TEST_F(Native_epoll, WatchingAClosedFdThrows) {
+TEST_P(EpollSet, WatchingAClosedFdThrows) {
     int closed = -1;
     {
         SocketPair pair;
@@ -110,7 +122,7 @@ TEST_F(Native_epoll, WatchingAClosedFdThrows) {
 // alive after the fd is closed; EPOLL_CTL_DEL can no longer reach it. Its
 // events must not reach the freed watcher (ASan would see it) nor the new
 // watcher of the reused number, and must not keep waking the loop.
-TEST_F(Native_epoll, RegistrationOutlivingItsFdIsIgnored) {
+TEST_P(EpollSet, RegistrationOutlivingItsFdIsIgnored) {
     SocketPair first;
     SocketPair second;
     const int number = first.a;
@@ -146,7 +158,7 @@ TEST_F(Native_epoll, RegistrationOutlivingItsFdIsIgnored) {
     EXPECT_EQ(loop->active_watchers(), 0U);
 }
 
-TEST_F(Native_epoll, InterestChangedManyTimesEndsAtTheLastOne) {
+TEST_P(EpollSet, InterestChangedManyTimesEndsAtTheLastOne) {
     SocketPair pair;  // pair.a is writable at once and readable only after a write
     std::vector<Io> seen;
     IoWatcher watcher = loop->io(pair.a, Io::read, [&](Io revents) { seen.push_back(revents); });
@@ -200,7 +212,7 @@ TEST_F(Native_epoll, InterestChangedManyTimesEndsAtTheLastOne) {
 
 // epoll reports EPOLLHUP even for an empty mask: a paused watcher must leave
 // the set, or the loop would spin on a peer that hung up.
-TEST_F(Native_epoll, PausedWatcherOnAHungUpSocketDoesNotSpin) {
+TEST_P(EpollSet, PausedWatcherOnAHungUpSocketDoesNotSpin) {
     SocketPair pair;
     int calls = 0;
     Io seen = Io::none;
@@ -227,7 +239,7 @@ TEST_F(Native_epoll, PausedWatcherOnAHungUpSocketDoesNotSpin) {
     EXPECT_EQ(loop->active_watchers(), 0U);
 }
 
-TEST_F(Native_epoll, PeerShutdownIsReadReadiness) {
+TEST_P(EpollSet, PeerShutdownIsReadReadiness) {
     SocketPair pair;
     int calls = 0;
     IoWatcher watcher = loop->io(pair.a, Io::read, [&](Io revents) {
@@ -244,7 +256,7 @@ TEST_F(Native_epoll, PeerShutdownIsReadReadiness) {
 
 // epoll refuses regular files (EPERM); poll and select call them always
 // ready, and so does this backend, without spinning while paused.
-TEST_F(Native_epoll, RegularFileIsAlwaysReady) {
+TEST_P(EpollSet, RegularFileIsAlwaysReady) {
     std::FILE* file = std::tmpfile();
     ASSERT_NE(file, nullptr);
     const int fd = ::fileno(file);
@@ -269,7 +281,7 @@ TEST_F(Native_epoll, RegularFileIsAlwaysReady) {
 
 // 150 ready fds: the first epoll_wait fills the initial 64 slots, the array
 // grows, and the second takes the remaining 86 in one go.
-TEST_F(Native_epoll, ManyReadyFdsAreTakenInGrowingBatches) {
+TEST_P(EpollSet, ManyReadyFdsAreTakenInGrowingBatches) {
     constexpr int count = 150;
     ASSERT_GE(raise_fd_limit(2 * count + 64), 2 * count + 64);
     std::vector<std::unique_ptr<SocketPair>> pairs;
