@@ -166,13 +166,18 @@ done
 
 # ---- medians ------------------------------------------------------------------
 
+# median_of_lines: the median of the numbers on stdin, one per line; "-"
+# without any.
+median_of_lines() {
+  sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # median SERVER SCENARIO KEY: the median of KEY over that server's good runs.
 median() {
   awk -v head="server=$1 scenario=$2 " -v key="$3=" '
     index($0, head) == 1 && index($0, " status=ok ") {
       for (i = 1; i <= NF; ++i) if (index($i, key) == 1) print substr($i, length(key) + 1)
-    }' "$runs" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    }' "$runs" | median_of_lines
 }
 
 # paired_ratio SERVER RAW SCENARIO: the median over repetitions of SERVER's
@@ -188,8 +193,7 @@ paired_ratio() {
     index($0, " status=ok ") == 0 { next }
     index($0, a) == 1 { x[rep_of()] = value() }
     index($0, b) == 1 { y[rep_of()] = value() }
-    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$runs" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$runs" | median_of_lines
 }
 
 # fmt FORMAT VALUE: printf, leaving "-" alone.

@@ -74,15 +74,21 @@ inline std::uint64_t token_of(const EpollNode* node) noexcept {
     return (std::uint64_t{node->generation} << 32) | static_cast<std::uint32_t>(node->fd);
 }
 
+// Puts the loop's own descriptor into a set, under own_token; epoll_ctl's
+// result.
+inline int add_own_fd(int epoll_fd, int own_fd) noexcept {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u64 = own_token;
+    return ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, own_fd, &event);
+}
+
 // A new epoll set holding `own_fd` (none when negative); -1 with errno on
 // failure.
 inline int open_epoll_set(int own_fd) noexcept {
     const int epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd < 0 || own_fd < 0) return epoll_fd;
-    epoll_event event{};
-    event.events = EPOLLIN;
-    event.data.u64 = own_token;
-    if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, own_fd, &event) != 0) {
+    if (add_own_fd(epoll_fd, own_fd) != 0) {
         const int saved = errno;
         ::close(epoll_fd);
         errno = saved;
@@ -120,10 +126,7 @@ protected:
     /// Adds a descriptor of the loop's own (the wake-up eventfd) to the set,
     /// reported to Derived::own_fd_ready() instead of a watcher.
     void watch_own_fd(int fd) {
-        epoll_event event{};
-        event.events = EPOLLIN;
-        event.data.u64 = epoll_set_detail::own_token;
-        if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event) != 0)
+        if (epoll_set_detail::add_own_fd(epoll_fd_, fd) != 0)
             throw std::system_error(errno, std::generic_category(), "epoll_ctl(ADD) of the loop's own fd");
         own_fd_ = fd;
     }
@@ -141,7 +144,7 @@ protected:
     /// watcher, and every watcher of a regular file. Call inside a
     /// DispatchScope. False when epoll_wait failed (errno tells why).
     [[gnu::always_inline]] bool wait_and_dispatch_set(int timeout_ms) {
-        if (careful_ && any_always_ready_wanted()) timeout_ms = 0;
+        if (always_ready_wanted()) timeout_ms = 0;
         epoll_event* const events = events_.data();
         const int n = ::epoll_wait(epoll_fd_, events, event_capacity_, timeout_ms);
         this->new_now();
