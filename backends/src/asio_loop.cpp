@@ -35,13 +35,14 @@
 
 #include "epoll_set.hpp"
 
+#include <asio/basic_waitable_timer.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/posix/stream_descriptor.hpp>
 #include <asio/post.hpp>
 #include <asio/signal_set.hpp>
-#include <asio/steady_timer.hpp>
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -124,10 +125,19 @@ struct WaitAllocator {
     LoopLink* link;
 };
 
-// One asio::signal_set per installed signal number.
+// The I/O objects are bound to the io_context's own executor type rather
+// than Asio's default any_io_executor: every wait then dispatches its
+// completion without the type-erased executor's indirect calls.
+using Executor = asio::io_context::executor_type;
+using SetDescriptor = asio::posix::basic_stream_descriptor<Executor>;
+using Clock = std::chrono::steady_clock;
+using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, Executor>;
+using SignalSet = asio::basic_signal_set<Executor>;
+
+// One signal set per installed signal number.
 struct SignalEntry {
     int signo = 0;
-    std::unique_ptr<asio::signal_set> set;
+    std::unique_ptr<SignalSet> set;
     struct sigaction previous {};
     std::uint64_t arm = 0;  // bumped by every wait; an older completion is stale
     bool waiting = false;
@@ -147,7 +157,15 @@ class AsioLoop final : public backends::EpollSetLoop<AsioLoop, EventLoop> {
 public:
     // The owning form: the io_context is created before everything that
     // refers to it and destroyed after it (members are destroyed in reverse).
-    AsioLoop() : owned_(std::make_unique<asio::io_context>(1)), ctx_(*owned_), set_(ctx_), timer_(ctx_) {
+    // Nobody else sees it, and only the loop's thread starts, cancels and
+    // runs its I/O, so the reactor's per-descriptor locks are left out;
+    // the scheduler keeps its lock, since post() calls asio::post() from
+    // any thread.
+    AsioLoop()
+        : owned_(std::make_unique<asio::io_context>(ASIO_CONCURRENCY_HINT_UNSAFE_IO)),
+          ctx_(*owned_),
+          set_(ctx_),
+          timer_(ctx_) {
         assign_set();
     }
     explicit AsioLoop(asio::io_context& host) : ctx_(host), set_(ctx_), timer_(ctx_) { assign_set(); }
@@ -292,7 +310,7 @@ private:
                 if (AsioLoop* loop = link->loop) loop->on_set_ready(arm, asio::error_code());
             });
         } else {
-            set_.async_wait(asio::posix::stream_descriptor::wait_read, SetWaitHandler{link_, arm});
+            set_.async_wait(SetDescriptor::wait_read, SetWaitHandler{link_, arm});
         }
         set_arm_ = arm;  // only now: neither call above may have thrown
         set_waiting_ = true;
@@ -313,7 +331,7 @@ private:
     // EpollSetLoop rebuilds the set (to shed an orphaned registration):
     // wait on the fresh one instead.
     bool epoll_set_replacing(int fresh) noexcept {
-        asio::posix::stream_descriptor descriptor(ctx_);
+        SetDescriptor descriptor(ctx_);
         asio::error_code error;
         descriptor.assign(fresh, error);
         if (error) return false;  // keep the old set: its orphan stays ignored
@@ -367,7 +385,7 @@ private:
         SignalEntry entry;
         entry.signo = signo;
         ::sigaction(signo, nullptr, &entry.previous);
-        entry.set = std::make_unique<asio::signal_set>(ctx_);
+        entry.set = std::make_unique<SignalSet>(ctx_);
         asio::error_code error;
         entry.set->add(signo, error);
         if (error) throw std::system_error(error, "asio backend: cannot watch signal " + std::to_string(signo));
@@ -507,11 +525,11 @@ private:
     std::unique_ptr<asio::io_context> owned_;  // first: destroyed last
     asio::io_context& ctx_;
     const std::shared_ptr<LoopLink> link_ = std::make_shared<LoopLink>(this);
-    asio::posix::stream_descriptor set_;  // EpollSetLoop's epoll fd, released (never closed) by us
+    SetDescriptor set_;  // EpollSetLoop's epoll fd, released (never closed) by us
     std::uint64_t set_arm_ = 0;           // bumped by every wait and every cancel; older completions are stale
     bool set_waiting_ = false;            // a completion of set_arm_ is outstanding
     bool set_posted_ = false;             // ... and it is a posted one (a regular file is watched)
-    asio::steady_timer timer_;
+    Timer timer_;
     std::uint64_t timer_arm_ = 0;
     TimePoint timer_deadline_{};
     bool timer_waiting_ = false;

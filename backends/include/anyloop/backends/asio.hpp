@@ -6,23 +6,22 @@
 //
 // How the contract maps onto Asio, and where Asio sets limits:
 //
-//  * I/O: each started IoWatcher assigns its fd to an
-//    asio::posix::stream_descriptor and waits with async_wait(wait_read /
-//    wait_write). Level-triggered readiness is emulated by starting a new wait
-//    after every completion while the watcher still wants the event: Asio's
-//    epoll reactor re-arms the descriptor (EPOLL_CTL_MOD) for each new wait, so
-//    an fd that is still ready completes again. The descriptor is released,
-//    never closed: the fd stays the user's. An fd Asio cannot register (a
-//    regular file) is reported ready at every wait, like poll(2) does; one that
-//    is already closed makes IoWatcher::start() throw std::system_error.
-//  * An fd closed while watched vanishes from epoll silently: the watcher does
-//    not fire (there is no POLLNVAL). Stop it before closing; the number may
-//    then be watched again, also when it is reused by a new file.
-//  * The same fd cannot be watched by anyloop and by an Asio object of the
-//    host on the same io_context at once (epoll refuses a second
-//    registration): start() throws std::system_error.
-//  * Timers are anyloop's own heap behind one asio::steady_timer; signals use
-//    one asio::signal_set per signal number, and the disposition a signal had
+//  * I/O: watchers live in a level-triggered epoll set of the loop's own (the
+//    epoll backend's code); Asio sees only the set's descriptor, with one
+//    async_wait(wait_read) outstanding on it while any watcher is in the set.
+//    When it completes, one epoll_wait collects the ready watchers and
+//    dispatches them, and the one wait is started again: Asio's reactor is
+//    edge-triggered and re-arms with an EPOLL_CTL_MOD per wait, which is then
+//    paid once per batch, not once per ready fd. Fds are never handed to
+//    Asio, so an fd may be watched by anyloop and by an Asio object of the
+//    host at once. A regular file, which epoll refuses, is reported ready at
+//    every iteration, like poll(2) does; an fd that is already closed makes
+//    IoWatcher::start() throw std::system_error.
+//  * An fd closed while watched goes quiet (the kernel forgets it), as on
+//    the epoll backend. Stop the watcher before closing; the number may then
+//    be watched again, also when it is reused by a new file.
+//  * Timers are anyloop's own heap behind one Asio timer; signals use one
+//    Asio signal set per signal number, and the disposition a signal had
 //    before is restored when its last watcher stops.
 //  * post() uses asio::post(), which is thread-safe.
 #pragma once
@@ -37,9 +36,11 @@ class io_context;
 
 namespace anyloop {
 
-/// A loop over an io_context of its own, created with a concurrency hint of
-/// one thread. run() and run_once() drive it; each iteration runs what is
-/// ready now and no more, so a watcher that never drains its fd, a timer
+/// A loop over an io_context of its own, which only the loop's thread runs
+/// (created with ASIO_CONCURRENCY_HINT_UNSAFE_IO: the reactor's
+/// per-descriptor locks are left out, the scheduler's lock for post() kept).
+/// run() and run_once() drive it; each iteration runs what is ready now and
+/// no more, so a watcher that never drains its fd, a timer
 /// restarted with zero delay or a post() that posts again cannot keep one
 /// run_once() from returning.
 std::unique_ptr<EventLoop> make_asio_loop();
