@@ -7,6 +7,9 @@
 # "raw-<library>" (bench/raw_echo_<library>). Every server takes --host and
 # --port, prints "listening on HOST:PORT" first and exits 0 on SIGTERM.
 #
+# A name ending in "+" is a second copy of the same server (bench/run.sh
+# --aa runs a raw server beside a copy of itself).
+#
 # TLS servers: "anyloop-tls-<backend>" (examples/tls_echo_server --backend
 # <backend>) and "raw-tls-epoll" (bench/raw_echo_tls_epoll, OpenSSL on the
 # socket), both given the test certificates that tests/tls/make_certs.sh
@@ -70,6 +73,7 @@ loadgen_flags() {
 
 # The command line of a server, or nothing when it was not built.
 server_command() {
+  set -- "${1%+}"
   local kind=${1%%-*} what=${1#*-}
   if [[ $what == tls-* ]]; then
     local program=$BENCH_BUILD/examples/tls_echo_server backend=${what#tls-}
@@ -106,6 +110,7 @@ server_command() {
 # aborts in ev_signal_start when it watches a signal). Until the build fixes
 # the order, preloading libevent_core puts the real libevent first.
 server_env() {
+  set -- "${1%+}"
   [[ $1 == *-libevent ]] || return 0
   local program
   read -r program _ <<<"$(server_command "$1")"

@@ -10,8 +10,9 @@
 // One thread and one level-triggered epoll set drive every connection.
 // After a warm-up, a measured window of fixed length yields round trips per
 // second, payload MB/s (one direction), round-trip latency percentiles and,
-// when the server's pid is given, the server's CPU time per round trip from
-// /proc/<pid>/stat (utime + stime over the window), and the share of the
+// when the server's pid is given, the server's CPU time per round trip (its
+// utime + stime over the window, the count /proc/<pid>/stat rounds to clock
+// ticks, read through the process's CPU-time clock), and the share of the
 // machine's CPU time the hypervisor took meanwhile (steal, from /proc/stat:
 // on a shared virtual machine a window with much steal says little about
 // the server). With --count the run instead does exactly K round trips and
@@ -21,6 +22,19 @@
 // message, so that the server is always idle in its wait when a message
 // arrives (under valgrind the server would otherwise be the slow side, and
 // whether the next message is already there when it looks would vary).
+//
+// --port2 P adds a second server, measured beside the first in one run: N
+// connections to each, and the two servers take turns (--slice-ms, default
+// 50): one group of connections sends while the other server sits idle in
+// its wait; at the end of a turn the group stops sending, its last echoes
+// arrive, and the other group starts. The window starts and ends at a turn
+// of the first server, so both get the same number of turns, and each
+// server's CPU time is read at the window's ends, where both are idle.
+// Whatever the machine does on a scale of seconds (another guest, the
+// host's frequency, where the hypervisor put the vCPUs) then falls on both
+// servers alike, which sequential runs cannot give. The report has a
+// RESULT line per server; their msgs/s and seconds count that server's
+// turns only.
 //
 // --tls wraps every connection in TLS (OpenSSL on the socket, no
 // certificate verification: the peer is a benchmark server). Each
@@ -79,6 +93,10 @@ struct Options {
     std::int64_t think_ns = 0;  // pause between an echo and the next message
     long server_pid = 0;
     std::string label;
+    std::string port2;  // a second server, taking turns with the first
+    long server_pid2 = 0;
+    std::string label2;
+    double slice_ms = 50;
     bool quiet = false;
     bool tls = false;
 };
@@ -98,7 +116,8 @@ void fail(const char* format, ...) {
     std::fprintf(stderr,
                  "usage: %s --port N [--host ADDR] [--connections N] [--size BYTES] [--pipeline D]\n"
                  "          [--duration SECONDS] [--warmup SECONDS] [--count ROUND_TRIPS]\n"
-                 "          [--think-us MICROSECONDS] [--server-pid PID] [--label TEXT] [--quiet] [--tls]\n",
+                 "          [--think-us MICROSECONDS] [--server-pid PID] [--label TEXT] [--quiet] [--tls]\n"
+                 "          [--port2 N [--server-pid2 PID] [--label2 TEXT] [--slice-ms MS]]\n",
                  program);
     std::exit(2);
 }
@@ -136,11 +155,17 @@ Options parse_options(int argc, char** argv) {
         else if (name == "--think-us") options.think_ns = 1000 * parse_number<std::int64_t>(argv[0], name, value);
         else if (name == "--server-pid") options.server_pid = parse_number<long>(argv[0], name, value);
         else if (name == "--label") options.label = value;
+        else if (name == "--port2") options.port2 = value;
+        else if (name == "--server-pid2") options.server_pid2 = parse_number<long>(argv[0], name, value);
+        else if (name == "--label2") options.label2 = value;
+        else if (name == "--slice-ms") options.slice_ms = parse_number<double>(argv[0], name, value);
         else usage(argv[0]);
     }
     if (options.port.empty() || options.connections == 0 || options.size == 0 || options.pipeline == 0 ||
-        options.duration <= 0 || options.warmup < 0)
+        options.duration <= 0 || options.warmup < 0 || options.slice_ms <= 0)
         usage(argv[0]);
+    if (!options.port2.empty() && (options.count > 0 || options.think_ns > 0))
+        fail("--port2 takes a timed window: not with --count or --think-us");
     return options;
 }
 
@@ -176,7 +201,6 @@ void fill_message(unsigned char* out, std::size_t size, std::uint32_t connection
 
 /// utime + stime of a process in clock ticks, or -1 when unreadable.
 long long process_cpu_ticks(long pid) {
-    if (pid <= 0) return -1;
     std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
     std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
     // The command name (field 2) may hold spaces: fields are counted from
@@ -192,6 +216,21 @@ long long process_cpu_ticks(long pid) {
         if (number == 15) stime = std::atoll(field.c_str());
     }
     return utime < 0 || stime < 0 ? -1 : utime + stime;
+}
+
+/// The CPU time of a process, all its threads, in nanoseconds, or -1 when
+/// unreadable: the kernel's count of which utime + stime in
+/// /proc/<pid>/stat are the rounding to clock ticks (10 ms), read at full
+/// resolution through the process's CPU-time clock when the kernel lets us,
+/// else from /proc.
+std::int64_t process_cpu_ns(long pid) {
+    if (pid <= 0) return -1;
+    clockid_t clock{};
+    timespec time{};
+    if (::clock_getcpuclockid(static_cast<pid_t>(pid), &clock) == 0 && ::clock_gettime(clock, &time) == 0)
+        return static_cast<std::int64_t>(time.tv_sec) * 1'000'000'000 + time.tv_nsec;
+    const long long ticks = process_cpu_ticks(pid);
+    return ticks < 0 ? -1 : ticks * 1'000'000'000 / ::sysconf(_SC_CLK_TCK);
 }
 
 /// The machine's CPU time so far and the part of it the hypervisor gave to
@@ -235,18 +274,46 @@ struct Connection {
     std::uint64_t received = 0;               // messages completely echoed
     std::size_t read_offset = 0;              // bytes of message `received` already echoed
     bool watching_write = false;
+    std::uint8_t group = 0;         // index into LoadGenerator::groups_
     SSL* ssl = nullptr;             // with --tls
     bool write_wants_read = false;  // with --tls: SSL_write waits for input
 };
 
+// The connections to one server and what was measured of it: one group, or
+// two with --port2.
+struct Group {
+    std::string port;
+    long server_pid = 0;
+    std::string label;
+    std::uint32_t first = 0;       // its connections: connections_[first, first + options_.connections)
+    std::uint64_t issued = 0;      // messages queued on its connections
+    std::uint64_t completed = 0;   // their round trips
+    std::uint64_t completed_at_start = 0;
+    std::uint64_t completed_at_end = 0;
+    std::int64_t cpu_ns_at_start = -1;  // the server's CPU time, at the window's ends
+    std::int64_t cpu_ns_at_end = -1;
+    std::int64_t active_ns = 0;     // the window, or with --port2 its turns within it
+    std::vector<std::int64_t> latencies_ns;
+};
+
 class LoadGenerator {
 public:
-    explicit LoadGenerator(Options options) : options_(std::move(options)) {}
+    explicit LoadGenerator(Options options) : options_(std::move(options)) {
+        add_group(options_.port, options_.server_pid, options_.label);
+        if (!options_.port2.empty()) add_group(options_.port2, options_.server_pid2, options_.label2);
+    }
 
     int run();
 
 private:
+    void add_group(const std::string& port, long server_pid, const std::string& label) {
+        Group& group = groups_.emplace_back();
+        group.port = port;
+        group.server_pid = server_pid;
+        group.label = label;
+    }
     void connect_all();
+    void connect_one(std::uint32_t i, const addrinfo& address, const std::string& port);
     void queue_message(Connection& connection, std::int64_t now);
     void flush(Connection& connection);
     void on_readable(Connection& connection);
@@ -257,8 +324,11 @@ private:
     void watch_write(Connection& connection, bool on);
     void begin_window(std::int64_t now);
     void end_window(std::int64_t now);
-    [[nodiscard]] bool may_send() const noexcept {
-        return options_.count > 0 ? issued_ < options_.count : !done_;
+    void start_turn(std::int64_t now);
+    [[nodiscard]] bool switch_turn(std::int64_t now, std::int64_t window_start, std::int64_t window_end);
+    [[nodiscard]] bool may_send(const Connection& connection) const noexcept {
+        if (options_.count > 0) return issued_ < options_.count;
+        return !done_ && (groups_.size() == 1 || (connection.group == active_ && !draining_));
     }
     unsigned char* slot(Connection& connection, std::uint64_t sequence) const noexcept {
         return connection.slots.get() + (sequence % options_.pipeline) * options_.size;
@@ -266,6 +336,7 @@ private:
     int wait(std::vector<epoll_event>& ready, std::int64_t deadline);
     void send_due_thinkers(std::int64_t now);
     void report() const;
+    void report(const Group& group) const;
 
     Options options_;
     int epoll_fd_ = -1;
@@ -273,6 +344,11 @@ private:
     SSL_CTX* tls_context_ = nullptr;
 #endif
     std::vector<Connection> connections_;
+    std::vector<Group> groups_;
+    std::uint32_t active_ = 0;     // with --port2: the group whose turn it is
+    bool draining_ = false;        // ... and its turn is over: no new messages
+    std::int64_t turn_start_ns_ = 0;
+    std::int64_t turn_end_ns_ = 0;
     std::uint64_t issued_ = 0;     // messages queued over all connections
     std::uint64_t completed_ = 0;  // round trips completed over all connections
     bool measuring_ = false;
@@ -281,51 +357,55 @@ private:
     // The measured window.
     std::int64_t window_start_ns_ = 0;
     std::int64_t window_end_ns_ = 0;
-    std::uint64_t completed_at_start_ = 0;
-    std::uint64_t completed_at_end_ = 0;
-    long long server_ticks_at_start_ = -1;
-    long long server_ticks_at_end_ = -1;
     std::int64_t client_cpu_at_start_ = 0;
     std::int64_t client_cpu_at_end_ = 0;
     StealSample steal_at_start_;
     StealSample steal_at_end_;
-    std::vector<std::int64_t> latencies_ns_;
     // With --think-us: connections waiting to send, in due order (the pause
     // is the same for all, so first in is first due).
     std::deque<std::pair<std::int64_t, std::uint32_t>> thinking_;
 };
 
 void LoadGenerator::connect_all() {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-    addrinfo* address = nullptr;
-    if (const int rc = ::getaddrinfo(options_.host.c_str(), options_.port.c_str(), &hints, &address); rc != 0)
-        fail("%s:%s: %s", options_.host.c_str(), options_.port.c_str(), gai_strerror(rc));
-
-    connections_.resize(options_.connections);
-    for (std::uint32_t i = 0; i < options_.connections; ++i) {
-        Connection& connection = connections_[i];
-        connection.id = i;
-        connection.fd = ::socket(address->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (connection.fd < 0) fail("socket for connection %u: %s (raise ulimit -n)", i, std::strerror(errno));
-        // A blocking connect, one at a time: the server's accept queue never
-        // overflows, whatever backlog it chose.
-        if (::connect(connection.fd, address->ai_addr, address->ai_addrlen) != 0)
-            fail("connect %u to %s:%s: %s", i, options_.host.c_str(), options_.port.c_str(), std::strerror(errno));
-        const int one = 1;
-        ::setsockopt(connection.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (options_.tls) start_tls(connection);
-        ::fcntl(connection.fd, F_SETFL, ::fcntl(connection.fd, F_GETFL) | O_NONBLOCK);
-        connection.slots = std::make_unique<unsigned char[]>(options_.pipeline * options_.size);
-        connection.sent_at = std::make_unique<std::int64_t[]>(options_.pipeline);
-        epoll_event event{};
-        event.events = EPOLLIN;
-        event.data.u32 = i;
-        if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, connection.fd, &event) != 0) fail("epoll_ctl: %s", std::strerror(errno));
+    connections_.resize(options_.connections * groups_.size());
+    for (std::uint8_t g = 0; g < groups_.size(); ++g) {
+        Group& group = groups_[g];
+        group.first = g * options_.connections;
+        group.latencies_ns.reserve(1 << 20);
+        addrinfo hints{};
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+        addrinfo* address = nullptr;
+        if (const int rc = ::getaddrinfo(options_.host.c_str(), group.port.c_str(), &hints, &address); rc != 0)
+            fail("%s:%s: %s", options_.host.c_str(), group.port.c_str(), gai_strerror(rc));
+        for (std::uint32_t i = group.first; i < group.first + options_.connections; ++i) {
+            connections_[i].group = g;
+            connect_one(i, *address, group.port);
+        }
+        ::freeaddrinfo(address);
     }
-    ::freeaddrinfo(address);
+}
+
+void LoadGenerator::connect_one(std::uint32_t i, const addrinfo& address, const std::string& port) {
+    Connection& connection = connections_[i];
+    connection.id = i;
+    connection.fd = ::socket(address.ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connection.fd < 0) fail("socket for connection %u: %s (raise ulimit -n)", i, std::strerror(errno));
+    // A blocking connect, one at a time: the server's accept queue never
+    // overflows, whatever backlog it chose.
+    if (::connect(connection.fd, address.ai_addr, address.ai_addrlen) != 0)
+        fail("connect %u to %s:%s: %s", i, options_.host.c_str(), port.c_str(), std::strerror(errno));
+    const int one = 1;
+    ::setsockopt(connection.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (options_.tls) start_tls(connection);
+    ::fcntl(connection.fd, F_SETFL, ::fcntl(connection.fd, F_GETFL) | O_NONBLOCK);
+    connection.slots = std::make_unique<unsigned char[]>(options_.pipeline * options_.size);
+    connection.sent_at = std::make_unique<std::int64_t[]>(options_.pipeline);
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u32 = i;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, connection.fd, &event) != 0) fail("epoll_ctl: %s", std::strerror(errno));
 }
 
 void LoadGenerator::watch_write(Connection& connection, bool on) {
@@ -342,6 +422,7 @@ void LoadGenerator::queue_message(Connection& connection, std::int64_t now) {
     fill_message(slot(connection, sequence), options_.size, connection.id, sequence);
     connection.sent_at[sequence % options_.pipeline] = now;
     ++issued_;
+    ++groups_[connection.group].issued;
 }
 
 void LoadGenerator::flush(Connection& connection) {
@@ -407,10 +488,12 @@ void LoadGenerator::consume(Connection& connection, const unsigned char* data, s
         if (connection.read_offset < options_.size) break;
         // A complete echo: record it, and the freed slot carries the next message.
         connection.read_offset = 0;
-        if (measuring_) latencies_ns_.push_back(now - connection.sent_at[connection.received % options_.pipeline]);
+        Group& group = groups_[connection.group];
+        if (measuring_) group.latencies_ns.push_back(now - connection.sent_at[connection.received % options_.pipeline]);
         ++connection.received;
         ++completed_;
-        if (!may_send()) continue;
+        ++group.completed;
+        if (!may_send(connection)) continue;
         if (options_.think_ns > 0) {
             ++issued_;  // reserved now, so --count is not overshot
             thinking_.emplace_back(now + options_.think_ns, connection.id);
@@ -535,8 +618,10 @@ void LoadGenerator::on_readable_tls(Connection&) {}
 void LoadGenerator::begin_window(std::int64_t now) {
     measuring_ = true;
     window_start_ns_ = now;
-    completed_at_start_ = completed_;
-    server_ticks_at_start_ = process_cpu_ticks(options_.server_pid);
+    for (Group& group : groups_) {
+        group.completed_at_start = group.completed;
+        group.cpu_ns_at_start = process_cpu_ns(group.server_pid);
+    }
     client_cpu_at_start_ = own_cpu_ns();
     steal_at_start_ = steal_sample();
 }
@@ -545,10 +630,44 @@ void LoadGenerator::end_window(std::int64_t now) {
     measuring_ = false;
     done_ = true;
     window_end_ns_ = now;
-    completed_at_end_ = completed_;
-    server_ticks_at_end_ = process_cpu_ticks(options_.server_pid);
+    for (Group& group : groups_) {
+        group.completed_at_end = group.completed;
+        group.cpu_ns_at_end = process_cpu_ns(group.server_pid);
+    }
+    if (groups_.size() == 1) groups_[0].active_ns = window_end_ns_ - window_start_ns_;
     client_cpu_at_end_ = own_cpu_ns();
     steal_at_end_ = steal_sample();
+}
+
+// With --port2: the active group sends on every connection.
+void LoadGenerator::start_turn(std::int64_t now) {
+    turn_start_ns_ = now;
+    turn_end_ns_ = now + static_cast<std::int64_t>(options_.slice_ms * 1e6);
+    const Group& group = groups_[active_];
+    for (std::uint32_t i = group.first; i < group.first + options_.connections; ++i) {
+        Connection& connection = connections_[i];
+        for (std::uint32_t d = 0; d < options_.pipeline && may_send(connection); ++d) queue_message(connection, now);
+        flush(connection);
+    }
+}
+
+// With --port2: the active group's last echo of its turn arrived; the other
+// group's turn begins. The window opens and closes only before a turn of
+// the first group, so within it both had as many turns. False: the run is
+// over.
+bool LoadGenerator::switch_turn(std::int64_t now, std::int64_t window_start, std::int64_t window_end) {
+    if (measuring_) groups_[active_].active_ns += now - turn_start_ns_;
+    active_ ^= 1;
+    draining_ = false;
+    if (active_ == 0) {
+        if (measuring_ && now >= window_end) {
+            end_window(now);
+            return false;
+        }
+        if (!measuring_ && now >= window_start) begin_window(now);
+    }
+    start_turn(now);
+    return true;
 }
 
 int LoadGenerator::run() {
@@ -561,7 +680,7 @@ int LoadGenerator::run() {
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) fail("epoll_create1: %s", std::strerror(errno));
     connect_all();
-    latencies_ns_.reserve(1 << 20);
+    const bool turns = groups_.size() == 2;
 
     const std::int64_t start = now_ns();
     const bool counted = options_.count > 0;
@@ -569,14 +688,19 @@ int LoadGenerator::run() {
     const std::int64_t window_end = window_start + static_cast<std::int64_t>(options_.duration * 1e9);
     if (counted || window_start == start) begin_window(start);
 
-    for (Connection& connection : connections_) {
-        for (std::uint32_t d = 0; d < options_.pipeline && may_send(); ++d) queue_message(connection, start);
-        flush(connection);
+    if (turns) {
+        start_turn(start);
+    } else {
+        for (Connection& connection : connections_) {
+            for (std::uint32_t d = 0; d < options_.pipeline && may_send(connection); ++d) queue_message(connection, start);
+            flush(connection);
+        }
     }
 
-    std::vector<epoll_event> ready(std::min<std::uint32_t>(options_.connections, 1024));
+    std::vector<epoll_event> ready(std::min<std::size_t>(connections_.size(), 1024));
     for (;;) {
         std::int64_t deadline = counted ? -1 : measuring_ ? window_end : window_start;
+        if (turns) deadline = draining_ ? -1 : turn_end_ns_;  // the window moves only between turns
         if (!thinking_.empty() && (deadline < 0 || thinking_.front().first < deadline)) deadline = thinking_.front().first;
         const int n = wait(ready, deadline);
         if (n < 0 && errno != EINTR) fail("epoll_wait: %s", std::strerror(errno));
@@ -587,7 +711,11 @@ int LoadGenerator::run() {
         }
         const std::int64_t now = now_ns();
         send_due_thinkers(now);
-        if (counted) {
+        if (turns) {
+            if (!draining_ && now >= turn_end_ns_) draining_ = true;
+            const Group& group = groups_[active_];
+            if (draining_ && group.completed == group.issued && !switch_turn(now, window_start, window_end)) break;
+        } else if (counted) {
             if (completed_ >= options_.count) {
                 end_window(now);
                 break;
@@ -611,12 +739,19 @@ int LoadGenerator::run() {
 }
 
 void LoadGenerator::report() const {
-    const double seconds = static_cast<double>(window_end_ns_ - window_start_ns_) / 1e9;
-    const std::uint64_t round_trips = completed_at_end_ - completed_at_start_;
+    for (const Group& group : groups_) report(group);
+}
+
+// One server's RESULT line. With --port2, seconds and msgs/s count its turns
+// only; loadgen's CPU and the steal are the whole window's.
+void LoadGenerator::report(const Group& group) const {
+    const double seconds = static_cast<double>(group.active_ns) / 1e9;
+    const double window_seconds = static_cast<double>(window_end_ns_ - window_start_ns_) / 1e9;
+    const std::uint64_t round_trips = group.completed_at_end - group.completed_at_start;
     const double msgs_per_s = seconds > 0 ? static_cast<double>(round_trips) / seconds : 0;
     const double mb_per_s = msgs_per_s * static_cast<double>(options_.size) / 1e6;
 
-    std::vector<std::int64_t> sorted = latencies_ns_;
+    std::vector<std::int64_t> sorted = group.latencies_ns;
     const auto percentile_us = [&sorted](double q) -> double {
         if (sorted.empty()) return 0;
         const auto index = std::min(sorted.size() - 1, static_cast<std::size_t>(q * static_cast<double>(sorted.size())));
@@ -628,14 +763,14 @@ void LoadGenerator::report() const {
 
     double server_us_per_rt = -1;
     double server_cpu_pct = -1;
-    if (server_ticks_at_start_ >= 0 && server_ticks_at_end_ >= 0 && round_trips > 0) {
-        const double ticks_per_s = static_cast<double>(::sysconf(_SC_CLK_TCK));
-        const double server_s = static_cast<double>(server_ticks_at_end_ - server_ticks_at_start_) / ticks_per_s;
+    if (group.cpu_ns_at_start >= 0 && group.cpu_ns_at_end >= 0 && round_trips > 0) {
+        const double server_s = static_cast<double>(group.cpu_ns_at_end - group.cpu_ns_at_start) / 1e9;
         server_us_per_rt = server_s * 1e6 / static_cast<double>(round_trips);
         server_cpu_pct = seconds > 0 ? 100.0 * server_s / seconds : 0;
     }
     const double client_cpu_pct =
-        seconds > 0 ? 100.0 * static_cast<double>(client_cpu_at_end_ - client_cpu_at_start_) / 1e9 / seconds : 0;
+        window_seconds > 0 ? 100.0 * static_cast<double>(client_cpu_at_end_ - client_cpu_at_start_) / 1e9 / window_seconds
+                           : 0;
     // How much of the machine the hypervisor took during the window (-1:
     // unknown). Timings from a window with much steal say little.
     double steal_pct = -1;
@@ -647,7 +782,7 @@ void LoadGenerator::report() const {
         std::fprintf(stderr,
                      "%s%s%u connections x %zu bytes, pipeline %u: %" PRIu64 " round trips in %.3f s\n"
                      "  %.0f msgs/s, %.2f MB/s, latency p50 %.1f us, p99 %.1f us\n",
-                     options_.label.c_str(), options_.label.empty() ? "" : ": ", options_.connections, options_.size,
+                     group.label.c_str(), group.label.empty() ? "" : ": ", options_.connections, options_.size,
                      options_.pipeline, round_trips, seconds, msgs_per_s, mb_per_s, p50, p99);
         if (server_us_per_rt >= 0)
             std::fprintf(stderr, "  server CPU %.3f us per round trip (%.0f%% of a core); loadgen CPU %.0f%%\n",
@@ -657,7 +792,7 @@ void LoadGenerator::report() const {
     std::printf("RESULT label=%s connections=%u size=%zu pipeline=%u seconds=%.3f round_trips=%" PRIu64
                 " msgs_per_s=%.0f mb_per_s=%.2f p50_us=%.1f p99_us=%.1f server_cpu_us_per_rt=%.3f"
                 " server_cpu_pct=%.1f client_cpu_pct=%.1f steal_pct=%.1f\n",
-                options_.label.empty() ? "-" : options_.label.c_str(), options_.connections, options_.size,
+                group.label.empty() ? "-" : group.label.c_str(), options_.connections, options_.size,
                 options_.pipeline, seconds, round_trips, msgs_per_s, mb_per_s, p50, p99, server_us_per_rt,
                 server_cpu_pct, client_cpu_pct, steal_pct);
     std::fflush(stdout);

@@ -3,21 +3,33 @@
 # backend beside the hand-written raw servers, ping-pong load from loadgen.
 #
 # For each connections x message size (default 1x64 50x64 1000x64 50x16384)
-# and each repetition, every server runs once, pinned to CPU 0 while loadgen
-# runs pinned to CPU 1; the order of the servers alternates between
-# repetitions so that drift on a shared machine spreads over all of them.
-# Each run: warm-up, then a measured window (msgs/s, MB/s, p50/p99 latency,
-# server CPU per round trip from /proc/<pid>/stat). Tables hold medians.
+# and each repetition, every anyloop server runs beside the raw server of its
+# library in one loadgen run (loadgen --port2): both pinned to CPU 0, loadgen
+# to CPU 1, the two servers taking turns every 50 ms, each getting its own N
+# connections and DURATION seconds of turns. Whatever the machine does on a
+# scale of seconds then falls on both alike. A raw server nobody is compared
+# with (libuv) runs alone. The order of the pairs, and which server of a pair
+# takes the first turn, alternate between repetitions. Each run: warm-up,
+# then a measured window (msgs/s, MB/s, p50/p99 latency, the server's CPU
+# time per round trip: its utime + stime, read through its CPU-time clock).
+# Tables hold medians.
 #
 # Usage: bench/run.sh [--no-build] [--reps R] [--duration S] [--warmup S]
 #                     [--scenarios "NxM ..."] [--out DIR] [--write-docs]
-#                     [--with-loop] [--report-only] [--max-steal P] [SERVER...]
+#                     [--with-loop] [--report-only] [--max-steal P] [--sequential] [--aa]
+#                     [SERVER...]
 #   SERVER: anyloop-<backend>, loop-<backend> or raw-<library>; default: all
 #   anyloop and raw servers that are built (--with-loop adds loop-<backend>).
 #   --report-only: no runs; tables and chart from DIR/runs.txt as it is.
+#   --sequential: every server runs alone, one after the other (as before
+#   pairs were run side by side; for comparison).
+#   --aa: a check of the method: each raw server (or with --tls the raw TLS
+#   server) beside a second copy of itself, "raw-X+", compared with raw-X as
+#   an anyloop server would be. Both are the same program, so every ratio
+#   should come out near 1.00; how far they stray is the method's noise.
 #   --max-steal P: a run during which the hypervisor took more than P % of
 #   the machine's CPU time (steal, reported by loadgen; default 10) is run
-#   again, up to 3 attempts in all; the last attempt counts whatever its
+#   again (a pair, both), up to 3 attempts in all; the last attempt counts whatever its
 #   steal. The table shows each row's median steal.
 #   --write-docs: also copy the chart to docs/performance-msgs.png and the
 #   table into docs/performance.md (between its timed-results markers).
@@ -44,6 +56,8 @@ report_only=0
 with_loop=""
 tls=0
 max_steal=10
+sequential=0
+aa=0
 steal_attempts=3
 scenarios_given=0
 out_given=0
@@ -58,6 +72,8 @@ while (($#)); do
     --out) out=$2; out_given=1; shift ;;
     --tls) tls=1 ;;
     --max-steal) max_steal=$2; shift ;;
+    --sequential) sequential=1 ;;
+    --aa) aa=1 ;;
     --write-docs) write_docs=1 ;;
     --with-loop) with_loop=loop ;;
     --report-only) report_only=1; build=0 ;;
@@ -78,6 +94,11 @@ mkdir -p "$out"
 if ((${#servers[@]} == 0)); then
   if ((tls)); then mapfile -t servers < <(tls_servers); else mapfile -t servers < <(all_servers $with_loop); fi
 fi
+if ((aa)); then
+  raws=()
+  for server in "${servers[@]}"; do [[ $server == raw-* ]] && raws+=("$server+" "$server"); done
+  servers=("${raws[@]}")
+fi
 
 # 1000 connections need more descriptors than the usual 1024, in the server
 # (which inherits this limit) and in loadgen.
@@ -95,7 +116,7 @@ fi
 # select() cannot watch descriptors >= FD_SETSIZE (1024): 1000 connections
 # come too close (the server's own descriptors add to them), so it sits out.
 skip_reason() {
-  local server=$1 connections=$2
+  local server=${1%+} connections=$2
   if [[ $server == *-select ]] && ((connections >= 1000)); then
     echo "skipped: select() is limited to FD_SETSIZE (1024) descriptors"
   fi
@@ -112,35 +133,93 @@ done
 
 runs=$out/runs.txt
 
-# run_once SERVER SCENARIO REP MAY_RETRY: one timed run, appended to runs.txt.
-# False when the hypervisor took more than --max-steal of the machine during
-# the window and MAY_RETRY is 1: that run is kept as status=steal (out of
-# the medians) and the caller runs it again.
-run_once() {
-  local server=$1 scenario=$2 rep=$3 may_retry=$4 status=ok result="" steal
-  local connections=${scenario%x*} size=${scenario#*x} prefix=$out/$1.$2.$3
-  read -ra command <<<"$(server_command "$server")"
-  # shellcheck disable=SC2034  # read by start_server
-  SERVER_ENV=$(server_env "$server")
-  if ! start_server "$prefix" "${server_cpu[@]}" "${command[@]}"; then
-    echo "server=$server scenario=$scenario rep=$rep status=no-start" >>"$runs"
-    return 0
+# raw_of SERVER: the raw server an anyloop or loop server is compared with.
+raw_of() {
+  if [[ $1 == *+ ]]; then
+    echo "${1%+}"
+  elif is_tls_server "$1"; then
+    echo raw-tls-epoll
+  else
+    echo "raw-${1#*-}"
   fi
-  read -ra extra <<<"$(loadgen_flags "$server")"
-  result=$("${client_cpu[@]}" "$BENCH_BUILD/bench/loadgen" "${extra[@]}" --host "$BENCH_HOST" --port "$SERVER_PORT" \
-    --connections "$connections" --size "$size" --duration "$duration" --warmup "$warmup" \
-    --server-pid "$SERVER_PID" --label "$server" --quiet 2>"$prefix.loadgen" | grep '^RESULT') || status=loadgen-failed
-  if ! stop_server; then status+=",exit-not-0"; fi
-  [[ $status == ok ]] || log "$server $scenario rep $rep: $status $(tail -n 1 "$prefix.loadgen")"
-  steal=$(sed -n 's/.*steal_pct=\([^ ]*\).*/\1/p' <<<"$result")
+}
+
+# partner_of SERVER: the raw server an anyloop or loop server runs beside,
+# when that one is measured too (and runs are not --sequential).
+partner_of() {
+  ((sequential)) && return 0
+  [[ $1 == anyloop-* || $1 == loop-* || $1 == *+ ]] || return 0
+  local raw
+  raw=$(raw_of "$1")
+  [[ " ${available[*]} " == *" $raw "* ]] && echo "$raw"
+  return 0
+}
+
+# The units of a repetition: "SERVER RAW" pairs, and the servers that run
+# alone (a raw server only if nobody runs beside it).
+units=()
+for server in "${available[@]}"; do
+  partner=$(partner_of "$server")
+  if [[ -n $partner ]]; then
+    units+=("$server $partner")
+    continue
+  fi
+  if [[ $server == raw-* ]]; then
+    for other in "${available[@]}"; do [[ $(partner_of "$other") == "$server" ]] && continue 2; done
+  fi
+  units+=("$server")
+done
+
+# run_unit SCENARIO REP MAY_RETRY SERVER [SERVER2]: one timed run of one
+# server, or of two side by side (loadgen --port2; each gets DURATION s of
+# turns), appended to runs.txt, a line per server; a pair's lines carry
+# duel=<the anyloop server>. False when the hypervisor took more than
+# --max-steal of the machine during the window and MAY_RETRY is 1: the run
+# is kept as status=steal (out of the medians) and the caller runs it again.
+run_unit() {
+  local scenario=$1 rep=$2 may_retry=$3
+  shift 3
+  local members=("$@") connections=${scenario%x*} size=${scenario#*x}
+  local prefix=$out/$1.$scenario.$rep status=ok results="" steal="" tag="" window=$duration i pid
+  local pids=() ports=() extra=() command=() pair=()
+  if (($# == 2)); then
+    tag="duel=$2 "  # named after the server compared, not its raw counterpart
+    [[ -n $(partner_of "$1") ]] && tag="duel=$1 "
+    window=$(awk -v d="$duration" 'BEGIN { print 2 * d }')
+  fi
+  for ((i = 0; i < $#; ++i)); do
+    read -ra command <<<"$(server_command "${members[$i]}")"
+    # shellcheck disable=SC2034  # read by start_server
+    SERVER_ENV=$(server_env "${members[$i]}")
+    start_server "$out/${members[$i]}.$scenario.$rep" "${server_cpu[@]}" "${command[@]}" || { status=no-start; break; }
+    pids+=("$SERVER_PID")
+    ports+=("$SERVER_PORT")
+  done
+  if [[ $status == ok ]]; then
+    (($# == 2)) && pair=(--port2 "${ports[1]}" --server-pid2 "${pids[1]}" --label2 "$2")
+    read -ra extra <<<"$(loadgen_flags "$1")"
+    results=$("${client_cpu[@]}" "$BENCH_BUILD/bench/loadgen" "${extra[@]}" --host "$BENCH_HOST" \
+      --connections "$connections" --size "$size" --duration "$window" --warmup "$warmup" \
+      --port "${ports[0]}" --server-pid "${pids[0]}" --label "$1" "${pair[@]}" --quiet 2>"$prefix.loadgen" |
+      grep '^RESULT') || status=loadgen-failed
+  fi
+  for pid in "${pids[@]}"; do
+    SERVER_PID=$pid
+    stop_server || status+=",exit-not-0"
+  done
+  [[ $status == ok ]] || log "$* $scenario rep $rep: $status $(tail -n 1 "$prefix.loadgen" 2>/dev/null)"
+  steal=$(sed -n 's/.*steal_pct=\([^ ]*\).*/\1/p' <<<"$results" | head -n 1)
   if [[ $status == ok && $may_retry == 1 && -n $steal ]] &&
     awk -v s="$steal" -v m="$max_steal" 'BEGIN { exit !(s > m) }'; then
     status=steal
   fi
-  echo "server=$server scenario=$scenario rep=$rep status=$status ${result#RESULT }" >>"$runs"
-  local note=""
+  local server result note=""
   [[ $status == ok ]] || note=" ($status)"
-  log "$server $scenario rep $rep: $(sed -n 's/.*\(msgs_per_s=[^ ]*\).*\(server_cpu_us_per_rt=[^ ]*\).*/\1 \2/p' <<<"$result") steal=${steal:-?}%$note"
+  for server in "$@"; do
+    result=$(grep "^RESULT label=$server " <<<"$results" || true)
+    echo "server=$server scenario=$scenario rep=$rep status=$status $tag${result#RESULT }" >>"$runs"
+    log "$server $scenario rep $rep: $(sed -n 's/.*\(msgs_per_s=[^ ]*\).*\(server_cpu_us_per_rt=[^ ]*\).*/\1 \2/p' <<<"$result") steal=${steal:-?}%$note"
+  done
   [[ $status != steal ]]
 }
 ((report_only)) || : >"$runs"
@@ -149,15 +228,18 @@ started=$(date +%s)
   connections=${scenario%x*}
   size=${scenario#*x}
   for ((rep = 1; rep <= reps; ++rep)); do
-    order=("${available[@]}")
+    order=("${units[@]}")
     if ((rep % 2 == 0)); then
       order=()
-      for ((i = ${#available[@]} - 1; i >= 0; --i)); do order+=("${available[$i]}"); done
+      for ((i = ${#units[@]} - 1; i >= 0; --i)); do order+=("${units[$i]}"); done
     fi
-    for server in "${order[@]}"; do
-      [[ -n $(skip_reason "$server" "$connections") ]] && continue
+    for unit in "${order[@]}"; do
+      read -ra members <<<"$unit"
+      for server in "${members[@]}"; do [[ -n $(skip_reason "$server" "$connections") ]] && continue 2; done
+      # The first turn goes to each server of a pair in every other repetition.
+      ((rep % 2 == 0 && ${#members[@]} == 2)) && members=("${members[1]}" "${members[0]}")
       for ((attempt = 1; ; ++attempt)); do
-        run_once "$server" "$scenario" "$rep" $((attempt < steal_attempts)) && break
+        run_unit "$scenario" "$rep" $((attempt < steal_attempts)) "${members[@]}" && break
       done
     done
   done
@@ -180,20 +262,23 @@ median() {
     }' "$runs" | median_of_lines
 }
 
-# paired_ratio SERVER RAW SCENARIO: the median over repetitions of SERVER's
-# CPU per round trip divided by RAW's in the same repetition. The two run
-# one right after the other in every repetition, so a machine that drifts
-# from one repetition to the next moves both alike; "-" without a pair.
-paired_ratio() {
-  awk -v a="server=$1 scenario=$3 " -v b="server=$2 scenario=$3 " '
-    function value(   i) {
-      for (i = 1; i <= NF; ++i) if (index($i, "server_cpu_us_per_rt=") == 1) return substr($i, 22)
+# paired_ratios SERVER RAW SCENARIO: SERVER's CPU per round trip divided by
+# RAW's in the same run (side by side, the lines tagged duel=SERVER) or,
+# from --sequential runs, in the same repetition (one right after the
+# other), a line per repetition.
+paired_ratios() {
+  awk -v a="server=$1 scenario=$3 " -v b="server=$2 scenario=$3 " -v duel="duel=$1" '
+    function field(name,   i) {
+      for (i = 1; i <= NF; ++i) if (index($i, name "=") == 1) return substr($i, length(name) + 2)
+      return ""
     }
-    function rep_of(   i) { for (i = 1; i <= NF; ++i) if (index($i, "rep=") == 1) return substr($i, 5) }
     index($0, " status=ok ") == 0 { next }
-    index($0, a) == 1 { x[rep_of()] = value() }
-    index($0, b) == 1 { y[rep_of()] = value() }
-    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$runs" | median_of_lines
+    # a run side by side with someone else is not this pair
+    { d = field("duel") }
+    d != "" && "duel=" d != duel { next }
+    index($0, a) == 1 { x[field("rep")] = field("server_cpu_us_per_rt") }
+    index($0, b) == 1 { y[field("rep")] = field("server_cpu_us_per_rt") }
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$runs"
 }
 
 # fmt FORMAT VALUE: printf, leaving "-" alone.
@@ -201,25 +286,33 @@ paired_ratio() {
 fmt() { if [[ $2 == - ]]; then echo -; else printf "$1" "$2"; fi; }
 
 {
-  echo "Medians of $reps runs of ${duration} s (after ${warmup} s warm-up) each; server on CPU 0, loadgen on CPU 1."
-  if ((tls)); then
-    echo "TLS (loadgen --tls). CPU/rt: the server's user+system CPU time per round trip (/proc/<pid>/stat); raw: raw-tls-epoll for every backend (target ≤ 1.10)."
+  if ((sequential)); then
+    echo "Medians of $reps runs of ${duration} s (after ${warmup} s warm-up) each, one server at a time; server on CPU 0, loadgen on CPU 1."
   else
-    echo "CPU/rt: the server's user+system CPU time per round trip (/proc/<pid>/stat); raw: the raw server of the same library (target ≤ 1.10)."
+    echo "Medians of $reps runs. In each run an anyloop server and its raw counterpart ran side by side (both on CPU 0, loadgen on CPU 1), taking turns every 50 ms for ${duration} s of turns each (after ${warmup} s warm-up); a raw server without a counterpart ran alone for ${duration} s."
+  fi
+  if ((tls)); then
+    echo "TLS (loadgen --tls). CPU/rt: the server's user+system CPU time per round trip (read through its CPU-time clock: what /proc/<pid>/stat rounds to 10 ms ticks); raw: raw-tls-epoll for every backend (target ≤ 1.10)."
+  else
+    echo "CPU/rt: the server's user+system CPU time per round trip (read through its CPU-time clock: what /proc/<pid>/stat rounds to 10 ms ticks); raw: the raw server of the same library (target ≤ 1.10)."
   fi
   echo
   echo "Steal: the share of the machine's CPU time the hypervisor took during the window (median; runs over ${max_steal} % were repeated, up to ${steal_attempts} attempts)."
   echo
-  echo "vs raw: anyloop's median CPU per round trip ÷ the raw server's; the verdict is on it. Paired: the median, over the repetitions, of the same ratio within one repetition (where the two servers run back to back, drift between repetitions cancels), for comparison: where the two columns differ, the noise is larger than the difference."
+  if ((sequential)); then
+    echo "vs raw: anyloop's median CPU per round trip ÷ the raw server's; the verdict is on it. Paired: the median, over the repetitions, of the same ratio within one repetition (where the two servers run back to back, drift between repetitions cancels), for comparison: where the two columns differ, the noise is larger than the difference; min–max: the lowest and highest of those ratios."
+  else
+    echo "vs raw: anyloop's median CPU per round trip ÷ the raw server's; the verdict is on it. Paired: the median, over the runs, of the same ratio within one run, where the two servers took turns in one window; min–max: the lowest and highest of those ratios."
+  fi
   echo
-  echo "| N×M | server | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/rt | steal % | vs raw | paired | target ≤ 1.10× |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| N×M | server | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/rt | steal % | vs raw | paired | paired min–max | target ≤ 1.10× |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for scenario in $scenarios; do
     connections=${scenario%x*}
     for server in "${available[@]}"; do
       reason=$(skip_reason "$server" "$connections")
       if [[ -n $reason ]]; then
-        echo "| $scenario | $server | – | – | – | – | – | – | | | $reason |"
+        echo "| $scenario | $server | – | – | – | – | – | – | | | | $reason |"
         continue
       fi
       msgs=$(median "$server" "$scenario" msgs_per_s)
@@ -228,22 +321,26 @@ fmt() { if [[ $2 == - ]]; then echo -; else printf "$1" "$2"; fi; }
       p99=$(median "$server" "$scenario" p99_us)
       cpu=$(median "$server" "$scenario" server_cpu_us_per_rt)
       steal=$(median "$server" "$scenario" steal_pct)
-      ratio="" paired="" verdict=""
-      raw=raw-${server#*-}
-      is_tls_server "$server" && raw="raw-tls-epoll"  # the one raw TLS server
-      if [[ $server == anyloop-* || $server == loop-* ]] && [[ $cpu != - && " ${available[*]} " == *" $raw "* ]]; then
+      ratio="" paired="" spread="" verdict=""
+      raw=$(raw_of "$server")
+      if [[ $server == anyloop-* || $server == loop-* || $server == *+ ]] && [[ $cpu != - && " ${available[*]} " == *" $raw "* ]]; then
         raw_cpu=$(median "$raw" "$scenario" server_cpu_us_per_rt)
         if [[ $raw_cpu != - ]]; then
           ratio=$(awk -v a="$cpu" -v b="$raw_cpu" 'BEGIN { printf "%.2f", a / b }')
           verdict=$(awk -v r="$ratio" 'BEGIN { print (r <= 1.10 ? "pass" : "**fail**") }')
         fi
-        paired=$(paired_ratio "$server" "$raw" "$scenario")
-        [[ $paired != - ]] && paired=$(awk -v r="$paired" 'BEGIN { printf "%.2f", r }')
+        ratios=$(paired_ratios "$server" "$raw" "$scenario" | sort -g)
+        paired=-
+        [[ -n $ratios ]] && paired=$(median_of_lines <<<"$ratios")
+        if [[ $paired != - ]]; then
+          paired=$(awk -v r="$paired" 'BEGIN { printf "%.2f", r }')
+          spread=$(awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }' <<<"$ratios")
+        fi
       fi
       [[ $msgs == - ]] && verdict="no good run (see runs.txt)"
-      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$scenario" "$server" "$(fmt %.0f "$msgs")" \
-        "$(fmt %.2f "$mb")" "$(fmt %.1f "$p50")" "$(fmt %.1f "$p99")" "$(fmt %.3f "$cpu")" "$(fmt %.1f "$steal")" \
-        "$ratio" "$paired" "$verdict"
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$scenario" "$server" \
+        "$(fmt %.0f "$msgs")" "$(fmt %.2f "$mb")" "$(fmt %.1f "$p50")" "$(fmt %.1f "$p99")" "$(fmt %.3f "$cpu")" \
+        "$(fmt %.1f "$steal")" "$ratio" "$paired" "$spread" "$verdict"
     done
   done
 } >"$out/results.md"
