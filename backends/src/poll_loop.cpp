@@ -5,6 +5,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <system_error>
@@ -111,14 +112,23 @@ private:
             return;
         }
         // Several: collected first, since a callback that stops a watcher
-        // moves another one into its slot.
+        // moves another one into its slot; nodes and hot state prefetched
+        // ahead of their turn (detail::hot_prefetch_distance).
         ready_.clear();
         for (std::size_t slot = 1; n > 0; ++slot) {
             if (fds[slot].revents == 0) continue;
             ready_.emplace_back(nodes_[slot], to_io(fds[slot].revents));
             --n;
         }
-        for (auto& [node, io] : ready_) dispatch_io(node, io);
+        constexpr std::size_t ahead = detail::hot_prefetch_distance;
+        const std::size_t count = ready_.size();
+        for (std::size_t i = 0; i < std::min(count, 2 * ahead); ++i) detail::prefetch_node(ready_[i].first);
+        for (std::size_t i = 0; i < std::min(count, ahead); ++i) detail::prefetch_hot(ready_[i].first);
+        for (std::size_t i = 0; i < count; ++i) {
+            if (i + 2 * ahead < count) detail::prefetch_node(ready_[i + 2 * ahead].first);
+            if (i + ahead < count) detail::prefetch_hot(ready_[i + ahead].first);
+            dispatch_io(ready_[i].first, ready_[i].second);
+        }
     }
 
     [[gnu::noinline]] static void wait_failed() {

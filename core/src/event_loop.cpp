@@ -2,6 +2,7 @@
 // timer heap, post(), keep-alive accounting and failure propagation.
 #include <anyloop/core/event_loop.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <stdexcept>
 #include <string>
@@ -541,6 +542,13 @@ void IoWatcher::set_callback(IoCallback callback) {
         node_->loop->replace_callback(node_, std::move(callback));
     else
         node_->callback = std::move(callback);
+}
+
+void IoWatcher::set_hot_state(const void* address, std::size_t bytes) noexcept {
+    if (node_ == nullptr) return;
+    const std::size_t lines = address == nullptr ? 0 : (bytes + 63) / 64;
+    node_->hot = address;
+    node_->hot_lines = static_cast<std::uint8_t>(std::min(lines, detail::hot_prefetch_max_lines));
 }
 
 void IoWatcher::set_keepalive(bool keepalive) noexcept {

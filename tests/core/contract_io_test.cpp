@@ -617,6 +617,49 @@ TEST_P(IoContract, WatchersAddedByACallbackDoNotDisturbTheRestOfTheBatch) {
     expect_loop_empty();
 }
 
+// set_hot_state() is a hint for prefetching a batch, never dereferenced:
+// the first callback of a batch frees every watcher's hot state and stops
+// every other odd watcher, and the batch goes on as if no hint were there
+// (under ASan, a read of the freed memory would be reported).
+TEST_P(IoContract, HotStateIsOnlyAHint) {
+    constexpr int count = 20;
+    std::vector<std::unique_ptr<SocketPair>> pairs;
+    std::vector<IoWatcher> watchers;
+    std::vector<std::unique_ptr<char[]>> hot;
+    std::vector<int> calls(count, 0);
+    int first = -1;
+    for (int i = 0; i < count; ++i) {
+        pairs.push_back(std::make_unique<SocketPair>());
+        hot.push_back(std::make_unique<char[]>(1024));
+        const int fd = pairs.back()->a;
+        watchers.push_back(loop->io(fd, Io::read, [&, i, fd](Io) {
+            char byte = 0;
+            EXPECT_EQ(::read(fd, &byte, 1), 1);
+            ++calls[static_cast<std::size_t>(i)];
+            if (first >= 0) return;
+            first = i;
+            hot.clear();
+            for (int j = 1; j < count; j += 2)
+                if (j != i) watchers[static_cast<std::size_t>(j)].stop();
+        }));
+        // Lengths past the cap, none at all, and the usual few lines.
+        const std::size_t bytes = i % 3 == 0 ? 1 << 20 : i % 3 == 1 ? 0 : 200;
+        watchers.back().set_hot_state(i == 5 ? nullptr : hot.back().get(), bytes);
+    }
+    for (const auto& pair : pairs) write_all(pair->b, "h", 1);
+    ASSERT_TRUE(run_until(*loop, [&] {
+        int sum = 0;
+        for (int c : calls) sum += c;
+        return sum == count / 2 + (first % 2);
+    }));
+    for (int i = 0; i < count; ++i) {
+        const bool stopped = i % 2 == 1 && i != first;
+        EXPECT_EQ(calls[static_cast<std::size_t>(i)], stopped ? 0 : 1) << "watcher " << i;
+    }
+    for (IoWatcher& watcher : watchers) watcher.stop();
+    expect_loop_empty();
+}
+
 TEST_P(IoContract, SecondWatcherOnTheSameFdThrows) {
     SocketPair pair;
     int first_calls = 0;
