@@ -381,7 +381,9 @@ void HandleImpl::apply_events(Io events) {
             if (revents == Io::read && quick_read_ok()) read_quick();
             else on_io(revents);
         });
-        // What an event touches first: the state up to options_' first line.
+        // What an event touches first (the layout in handle_impl.hpp): the
+        // state from the scalars on; set_hot_state() keeps its first 8
+        // lines, the scalars to the write queue's inline buffer.
         const auto* begin = reinterpret_cast<const char*>(this);
         io_.set_hot_state(this, static_cast<std::size_t>(reinterpret_cast<const char*>(&options_) + 64 - begin));
     } else {
