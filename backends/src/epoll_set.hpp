@@ -18,10 +18,11 @@
 
 #include <anyloop/core/event_loop.hpp>
 
+#include "batch_prefetch.hpp"
+
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -159,14 +160,8 @@ protected:
         }
         if (n == 1) {
             (void)dispatch_fast(0, 1);
-        } else if (n > 1) {
-            // With many ready fds their state is out of cache: prefetched
-            // ahead of its turn (detail::hot_prefetch_distance).
-            prefetch_batch_start(n);
-            for (int i = 0; i < n; ++i) {
-                prefetch_ahead(i, n);
-                if (!dispatch_fast(i, n)) return true;
-            }
+        } else if (n > 1 && !dispatch_batch(n)) {
+            return true;  // the rest went the long way
         }
         if (n == event_capacity_) grow_events();
         return true;
@@ -194,30 +189,26 @@ protected:
         return true;
     }
 
-    // ---- prefetching a batch (detail::hot_prefetch_distance) ---------------
+    // Several ready fds: with many, their state is out of cache, so it is
+    // prefetched ahead of its turn (batch_prefetch.hpp). Out of line, so
+    // that a batch of one keeps its short path. False as dispatch_fast().
+    [[gnu::noinline]] bool dispatch_batch(int n) {
+        const auto count = static_cast<std::size_t>(n);
+        const auto node_at = [this](std::size_t i) { return node_of(i); };
+        backends::prefetch_batch_start(count, node_at);
+        for (std::size_t i = 0; i < count; ++i) {
+            backends::prefetch_ahead(i, count, node_at);
+            if (!dispatch_fast(static_cast<int>(i), n)) return false;
+        }
+        return true;
+    }
 
-    // The node an event names, if the token's fd has one now (a stale token
-    // gives a wrong node at worst, and that is only prefetched).
-    [[nodiscard]] const detail::IoNode* node_of(int i) const noexcept {
-        const std::uint64_t token = events_[static_cast<std::size_t>(i)].data.u64;
+    // The node event i names, for prefetching: the one its token's fd has
+    // now (a stale token gives a wrong node at worst), null for our own fd.
+    [[nodiscard]] const detail::IoNode* node_of(std::size_t i) const noexcept {
+        const std::uint64_t token = events_[i].data.u64;
         if (token == epoll_set_detail::own_token) return nullptr;
         return this->watchers_by_fd()[static_cast<std::uint32_t>(token)];
-    }
-    void prefetch_batch_start(int n) const noexcept {
-        constexpr int ahead = static_cast<int>(detail::hot_prefetch_distance);
-        for (int i = 0; i < std::min(n, 2 * ahead); ++i)
-            if (const detail::IoNode* node = node_of(i)) detail::prefetch_node(node);
-        for (int i = 1; i < std::min(n, ahead); ++i)
-            if (const detail::IoNode* node = node_of(i)) detail::prefetch_hot(node);
-    }
-    // Before event i runs: the node of i + 2 × distance, the hot state of
-    // i + distance.
-    void prefetch_ahead(int i, int n) const noexcept {
-        constexpr int ahead = static_cast<int>(detail::hot_prefetch_distance);
-        if (i + 2 * ahead < n)
-            if (const detail::IoNode* node = node_of(i + 2 * ahead)) detail::prefetch_node(node);
-        if (i + ahead < n)
-            if (const detail::IoNode* node = node_of(i + ahead)) detail::prefetch_hot(node);
     }
 
     // ---- core's I/O hooks --------------------------------------------------

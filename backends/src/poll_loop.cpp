@@ -1,11 +1,11 @@
 // The poll(2) backend: a dense pollfd array, slot 0 for the wake-up eventfd.
 #include <anyloop/backends/poll.hpp>
 
+#include "batch_prefetch.hpp"
 #include "native_loop.hpp"
 
 #include <poll.h>
 
-#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <system_error>
@@ -113,20 +113,18 @@ private:
         }
         // Several: collected first, since a callback that stops a watcher
         // moves another one into its slot; nodes and hot state prefetched
-        // ahead of their turn (detail::hot_prefetch_distance).
+        // ahead of their turn (batch_prefetch.hpp).
         ready_.clear();
         for (std::size_t slot = 1; n > 0; ++slot) {
             if (fds[slot].revents == 0) continue;
             ready_.emplace_back(nodes_[slot], to_io(fds[slot].revents));
             --n;
         }
-        constexpr std::size_t ahead = detail::hot_prefetch_distance;
         const std::size_t count = ready_.size();
-        for (std::size_t i = 0; i < std::min(count, 2 * ahead); ++i) detail::prefetch_node(ready_[i].first);
-        for (std::size_t i = 0; i < std::min(count, ahead); ++i) detail::prefetch_hot(ready_[i].first);
+        const auto node_at = [this](std::size_t i) { return ready_[i].first; };
+        backends::prefetch_batch_start(count, node_at);
         for (std::size_t i = 0; i < count; ++i) {
-            if (i + 2 * ahead < count) detail::prefetch_node(ready_[i + 2 * ahead].first);
-            if (i + ahead < count) detail::prefetch_hot(ready_[i + ahead].first);
+            backends::prefetch_ahead(i, count, node_at);
             dispatch_io(ready_[i].first, ready_[i].second);
         }
     }

@@ -63,20 +63,9 @@ struct IoNode : WatcherNode {
     IoCallback callback;
 };
 
-/// Prefetching in a batch of ready watchers: while the watcher at i runs, a
-/// backend prefetches the node at i + 2 × distance and, from the node at
-/// i + distance (by then in cache), that watcher's hot state, so both are
-/// in cache when their turn comes. At most max_lines of hot state.
-inline constexpr std::size_t hot_prefetch_distance = 4;
+/// The most cache lines of hot state a backend prefetches for a watcher
+/// (backends/src/batch_prefetch.hpp).
 inline constexpr std::size_t hot_prefetch_max_lines = 8;
-
-/// Prefetching never faults, so a node released meanwhile (its memory is
-/// kept until the end of the dispatch) or a stale `hot` is harmless.
-inline void prefetch_node(const IoNode* node) noexcept { __builtin_prefetch(node); }
-inline void prefetch_hot(const IoNode* node) noexcept {
-    const char* line = static_cast<const char*>(node->hot);
-    for (std::uint8_t i = 0; i < node->hot_lines; ++i, line += 64) __builtin_prefetch(line);
-}
 
 struct TimerNode : WatcherNode {
     TimerNode() noexcept : WatcherNode(Kind::timer) {}
